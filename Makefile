@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` (the sandbox chain) and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RECIPE ?=
+ARGS ?=
+DEMO := outputs/demo
+
+.PHONY: setup base sft demo test lint clean-demo
+
+setup: $(STAMP)
+
+# Reinstalls only when requirements.txt changes.
+$(STAMP): requirements.txt
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+# `make base` / `make sft` run the demo recipes; RECIPE=path ARGS="--key value" run any recipe.
+base: setup
+	$(PYTHON) -m pipeline base --config $(or $(RECIPE),recipes/sandbox/base/config_demo.yaml) $(ARGS)
+
+sft: setup $(if $(RECIPE),,$(DEMO)/base/metrics.json)
+	$(PYTHON) -m pipeline sft --config $(or $(RECIPE),recipes/sandbox/sft/config_demo.yaml) $(ARGS)
+
+# The demo chain: each stage reruns when its recipe or its input changed.
+$(DEMO)/base/metrics.json: recipes/sandbox/base/config_demo.yaml | $(STAMP)
+	$(PYTHON) -m pipeline base --config $<
+
+$(DEMO)/sft/metrics.json: recipes/sandbox/sft/config_demo.yaml $(DEMO)/base/metrics.json | $(STAMP)
+	$(PYTHON) -m pipeline sft --config $<
+
+demo: $(DEMO)/sft/metrics.json
+	$(PYTHON) -m pipeline summary $(DEMO)
+
+test: setup
+	$(PYTHON) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,1 @@
+"""An InstructGPT-style RLHF pipeline (SFT -> reward model -> PPO) on the Hugging Face stack."""

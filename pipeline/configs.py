@@ -1,0 +1,215 @@
+"""Recipe -> config dataclasses: TRL's own (SFTConfig, ModelConfig) plus the few fields we add.
+
+A recipe is one flat YAML mapping, as in the alignment-handbook; `--key value` overrides go on top.
+Every key must belong to one of the stage's dataclasses; a misspelt key, a wrong type or an
+impossible value is a RecipeError that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from trl import ModelConfig, SFTConfig
+
+
+class PipelineError(Exception):
+    """An error in the user's input: printed as one line, exit status 2."""
+
+
+class RecipeError(PipelineError):
+    pass
+
+
+@dataclass
+class ScriptArguments:
+    """What a stage trains on and how the sandbox judges it."""
+
+    dataset_card: str = field(metadata={"help": "Path of the data card (data_cards/<name>.md) to train on."})
+    data_files: str | None = field(default=None, metadata={"help": "Local files (path or glob) in the card's format."})
+    dataset_train_split: str = "train"
+    dataset_test_split: str | None = field(default="validation", metadata={"help": "Split for eval_loss; none to skip."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
+    max_eval_samples: int | None = None
+    sandbox_eval_prompts: int = field(
+        default=0, metadata={"help": "Greedy gold evaluation on this many sandbox test prompts (0: off)."}
+    )
+    sandbox_eval_max_new_tokens: int = 32
+    sandbox_eval_batch_size: int = 100
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the sandbox's tiny Llama base model and its tokenizer (the `base` stage)."""
+
+    template_min_count: int = field(
+        default=100, metadata={"help": "A word seen this often in the text (and not world content) is one token."}
+    )
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 256
+    model_seed: int = 0
+
+
+STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
+    "base": (ScriptArguments, TinyModelConfig, SFTConfig),
+    "sft": (ScriptArguments, ModelConfig, SFTConfig),
+}
+
+# Values no run can use; TrainingArguments itself accepts most of them silently.
+_POSITIVE = {
+    "learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+    "gradient_accumulation_steps", "lora_r", "lora_alpha", "max_length", "template_min_count", "hidden_size",
+    "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings",
+    "sandbox_eval_max_new_tokens", "sandbox_eval_batch_size", "max_train_samples", "max_eval_samples",
+}  # fmt: skip
+_NON_NEGATIVE = {"weight_decay", "max_grad_norm", "warmup_steps", "sandbox_eval_prompts", "logging_steps"}
+_UNIT_INTERVAL = {"lora_dropout"}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """`value` checked (and widened int -> float) against the annotation `tp`; RecipeError if it cannot fit."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, option)
+            except RecipeError:
+                continue
+    elif origin is typing.Literal:
+        if value in args:
+            return value
+    elif origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, str) and args and args[0] is str:
+            return [value]  # `lora_target_modules: all-linear` reads as a one-item list
+        if isinstance(value, (list, tuple)):
+            return [_coerce(key, v, args[0]) if args else v for v in value]
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if value in {m.value for m in tp} or isinstance(value, tp):
+            return value
+    else:
+        return value
+    raise RecipeError(f"recipe key {key!r} expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _check_range(key: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if key in _POSITIVE and value <= 0:
+        raise RecipeError(f"recipe key {key!r} must be > 0, got {value}")
+    if key in _NON_NEGATIVE and value < 0:
+        raise RecipeError(f"recipe key {key!r} must be >= 0, got {value}")
+    if key in _UNIT_INTERVAL and not 0 <= value <= 1:
+        raise RecipeError(f"recipe key {key!r} must be in [0, 1], got {value}")
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML would read it, except that 1e-5 is a float (YAML 1.1 says string)."""
+    if _FLOAT.match(text) and not text.lstrip("+-").isdigit():
+        return float(text)
+    return yaml.safe_load(text)
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """`--key value` pairs (a bare `--flag` means true) into a mapping."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise RecipeError(f"expected --key value, got {arg!r}")
+        key, eq, inline = arg[2:].partition("=")
+        if eq:
+            overrides[key] = parse_value(inline)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            overrides[key] = parse_value(argv[i + 1])
+            i += 1
+        else:
+            overrides[key] = True
+        i += 1
+    return overrides
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of key: value, got {type(recipe).__name__}")
+    return recipe
+
+
+def build_configs(stage: str, values: dict[str, Any], source: str = "recipe") -> tuple:
+    """The stage's config dataclasses, built from a flat mapping of recipe keys."""
+    classes = STAGE_CONFIGS[stage]
+    hints = {}
+    for cls in reversed(classes):
+        fields = {f.name for f in dataclasses.fields(cls) if f.init}
+        hints.update({k: v for k, v in typing.get_type_hints(cls).items() if k in fields})
+    for key in values:
+        if key not in hints:
+            close = difflib.get_close_matches(key, hints, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(f"unknown key {key!r} in {source} for stage {stage!r}{hint}")
+    checked = {}
+    for key, value in values.items():
+        checked[key] = _coerce(key, value, hints[key])
+        _check_range(key, checked[key])
+    configs = []
+    for cls in classes:
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        required = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in checked
+                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # fmt: skip
+        if required:
+            raise RecipeError(f"{source} for stage {stage!r} lacks required key {required[0]!r}")
+        try:
+            configs.append(cls(**{k: v for k, v in checked.items() if k in names}))
+        except (ValueError, TypeError) as error:
+            raise RecipeError(f"{source}: {error}") from error
+    return tuple(configs)
+
+
+def load_configs(stage: str, recipe_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[tuple, dict]:
+    """(config dataclasses, resolved recipe mapping) for a recipe file plus overrides."""
+    values = {**read_recipe(recipe_path), **(overrides or {})}
+    return build_configs(stage, values, source=str(recipe_path)), values

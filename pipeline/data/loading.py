@@ -1,0 +1,105 @@
+"""Load a data card's split as a canonical `datasets.Dataset`, counting every row it drops."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+from pipeline.data.cards import REPO_ROOT, DataCard, DataError, read_card
+from pipeline.data.formats import CONVERTERS, Drop
+
+logger = logging.getLogger(__name__)
+
+_BUILDERS = {".json": "json", ".jsonl": "json", ".gz": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass
+class LoadReport:
+    card: str
+    split: str
+    format: str
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.dropped.items())) or "none"
+        return f"{self.card} [{self.split}]: kept {self.rows_out} of {self.rows_in} rows; dropped: {reasons}"
+
+
+def _builder(files: str) -> str:
+    suffix = Path(files).suffix
+    if suffix not in _BUILDERS:
+        raise DataError(f"cannot tell the file type of {files}; use one of {sorted(_BUILDERS)}")
+    return _BUILDERS[suffix]
+
+
+def _load_local(files: str) -> datasets.Dataset:
+    if not any(ch in files for ch in "*?[") and not Path(files).exists():
+        raise DataError(f"data file not found: {files}")
+    try:
+        return datasets.load_dataset(_builder(files), data_files=files, split="train")
+    except (ValueError, datasets.exceptions.DatasetGenerationError) as error:
+        raise DataError(f"{files}: cannot be read as {_builder(files)} ({error})") from error
+
+
+def _raw_split(card: DataCard, split: str, data_files: str | None) -> datasets.Dataset:
+    if data_files:
+        return _load_local(data_files)
+    if card.local:
+        if split not in card.local:
+            raise DataError(f"{card.path}: no split {split!r}; the card has {card.split_names}")
+        path = REPO_ROOT / card.local[split]
+        if card.generator == "sandbox":
+            from pipeline.sandbox import ensure_sandbox_data
+
+            ensure_sandbox_data(path.parent)
+        return _load_local(str(path))
+    if card.splits and split not in card.splits:
+        raise DataError(f"{card.path}: no split {split!r}; the card has {card.split_names}")
+    try:
+        return datasets.load_dataset(
+            card.hub,
+            name=card.config,
+            data_dir=card.data_dir,
+            revision=card.revision,
+            split=card.splits.get(split, split),
+        )
+    except Exception as error:  # offline, gated, missing: one clear line either way
+        raise DataError(
+            f"could not load {card.hub} [{split}] from the Hub ({type(error).__name__}); "
+            f"to use local files in the same format, pass --data_files PATH"
+        ) from error
+
+
+def load_card(
+    card_path: str | Path, split: str = "train", data_files: str | None = None, max_rows: int | None = None
+) -> tuple[datasets.Dataset, LoadReport]:
+    """The split of a card in its canonical format, and what was kept and dropped (also logged)."""
+    card = read_card(card_path)
+    raw = _raw_split(card, split, data_files)
+    if max_rows is not None:
+        raw = raw.select(range(min(max_rows, len(raw))))
+    convert, canonical = CONVERTERS[card.format]
+    renames = {source: target for target, source in card.columns.items()}
+    missing = sorted(set(renames) - set(raw.column_names))
+    if missing:
+        raise DataError(f"{card.path}: column {missing[0]!r} (from the card's columns) is not in the data")
+    report = LoadReport(card=card.name, split=split, format=canonical, rows_in=len(raw))
+    dropped: Counter[str] = Counter()
+    rows = []
+    for raw_row in raw:
+        row = {renames.get(k, k): v for k, v in raw_row.items()}
+        try:
+            rows.append(convert(row))
+        except Drop as reason:
+            dropped[str(reason)] += 1
+    report.rows_out, report.dropped = len(rows), dict(dropped)
+    if not rows:
+        raise DataError(f"{report.summary()}: nothing left to use")
+    logger.info(report.summary())
+    return datasets.Dataset.from_list(rows), report

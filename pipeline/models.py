@@ -1,0 +1,52 @@
+"""Tokenizer and model loading: the same calls for a local folder and a Hub id."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from trl import ModelConfig, get_quantization_config
+
+from pipeline.configs import PipelineError
+
+GENERATION_MARKER = "{% generation %}"
+
+
+def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token (the EOS token when it has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def check_chat_template(tokenizer: PreTrainedTokenizerBase, where: str, assistant_only_loss: bool) -> None:
+    """A conversational dataset needs a chat template, and assistant-only loss needs generation markers."""
+    template = tokenizer.chat_template
+    if not template:
+        raise PipelineError(
+            f"the tokenizer of {where} has no chat template, and the dataset is conversational: set "
+            "`chat_template_path` in the recipe to a tokenizer folder or a .jinja file that has one"
+        )
+    if assistant_only_loss and GENERATION_MARKER not in str(template):
+        raise PipelineError(
+            f"assistant_only_loss needs a chat template with {GENERATION_MARKER} markers, and the one of "
+            f"{where} has none: set `assistant_only_loss: false` and use a prompt/completion dataset "
+            "(completion_only_loss), or give a template with the markers in `chat_template_path`"
+        )
+
+
+def load_causal_lm(model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:
+    """The causal LM named by `model_name_or_path`, in the recipe's dtype, 4/8-bit when asked."""
+    quantization = get_quantization_config(model_args)
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    return AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+    )

@@ -1,0 +1,58 @@
+"""Stage output folders: written under `<output_dir>.partial`, renamed into place when complete."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.json"
+# Keys never written to a resolved recipe: they may hold credentials.
+SECRET_KEYS = {"hub_token", "token"}
+
+
+def partial_dir(output_dir: str | Path) -> Path:
+    output_dir = Path(output_dir)
+    return output_dir.with_name(output_dir.name + ".partial")
+
+
+def clean_recipe(stage: str, recipe: dict[str, Any]) -> dict[str, Any]:
+    """The resolved recipe as written to the output folder: stage first, secrets removed."""
+    return {"stage": stage, **{k: v for k, v in recipe.items() if k not in SECRET_KEYS}}
+
+
+def start(output_dir: str | Path, stage: str, recipe: dict[str, Any]) -> tuple[Path, bool]:
+    """The work folder for a stage, and whether it holds an unfinished run of the same recipe to resume."""
+    work = partial_dir(output_dir)
+    resolved = clean_recipe(stage, recipe)
+    previous = work / RECIPE_FILE
+    if work.exists() and previous.exists() and yaml.safe_load(previous.read_text()) == resolved:
+        return work, any(work.glob("checkpoint-*"))
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    previous.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return work, False
+
+
+def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> None:
+    Path(folder, METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def finish(work: Path, output_dir: str | Path) -> Path:
+    """Drop the checkpoints and move the finished work folder to `output_dir`, replacing an old one."""
+    for checkpoint in work.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        old = output_dir.with_name(output_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        output_dir.rename(old)
+        work.rename(output_dir)
+        shutil.rmtree(old)
+    else:
+        work.rename(output_dir)
+    return output_dir

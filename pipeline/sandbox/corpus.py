@@ -1,0 +1,175 @@
+"""The sandbox's data: imperfect human demonstrations, raw pretraining text and prompt sets.
+
+Demonstrations are imperfect the way human ones are (fractions in DEMO_STYLES): half are the exact
+answer alone, the rest are wrapped in filler, sloppy (stray casing or trailing junk) or wrong by a
+near miss. The SFT policy inherits that mixture, which leaves room for the RM and PPO stages.
+
+The pretraining text mixes plain statements of the world's facts with chat transcripts whose
+assistant turns are noisier still and never end with EOS, the way web text does not: a base model
+knows the facts and the chat markup but not when to stop, which is what SFT teaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+from pipeline.sandbox.judge import FILLER_PREFIXES, FILLER_SUFFIXES
+from pipeline.sandbox.tasks import FAMILIES, SEED, TRAINING_SPLITS, Task, interleaved, tasks
+from pipeline.sandbox.words import WORDS
+
+DEMO_STYLES = {"clean": 0.50, "filler": 0.30, "sloppy": 0.10, "wrong": 0.10}
+PRETRAIN_CHAT_STYLES = {"clean": 0.40, "filler": 0.35, "sloppy": 0.10, "wrong": 0.15}
+SFT_PER_FAMILY = 1000
+VALIDATION_PER_FAMILY = 40
+PRETRAIN_DOCUMENTS = 24000
+PRETRAIN_VALIDATION_DOCUMENTS = 400
+# Bump when the generated data change, so stale folders are regenerated.
+DATA_VERSION = "1"
+
+BOS, USER, ASSISTANT = "<s>", "<|user|>", "<|assistant|>"
+
+
+def _wrong_answer(task: Task, rng: random.Random) -> str:
+    family, item = task.family, task.item
+    if family == "reverse":
+        word = task.answer
+        i = rng.randrange(len(word) - 1)
+        swapped = word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+        return swapped if swapped != word else item[0]
+    if family == "uppercase":
+        return item[0].capitalize()
+    if family in ("add", "count"):
+        value = int(task.answer) + rng.choice([-1, 1, 10, -10] if family == "add" else [-1, 1])
+        return str(abs(value))
+    if family == "repeat":
+        word, n = item
+        return " ".join([word] * (n + rng.choice([-1, 1])))
+    if family == "name_word":
+        first, last = item
+        near = [w for w in WORDS if w[0] == first and w[-1] != last]
+        return rng.choice(near or list(WORDS))
+    if family == "even":
+        low, high = item
+        odd = [x for x in range(low, high + 1) if x % 2]
+        return str(rng.choice(odd)) if odd and rng.random() < 0.5 else str(high + 2 - high % 2)
+    raise ValueError(family)
+
+
+def respond(task: Task, style: str, rng: random.Random) -> str:
+    """A human-like response to a task in one of DEMO_STYLES."""
+    answer = rng.choice(task.answers)
+    if style == "clean":
+        return answer
+    if style == "wrong":
+        return _wrong_answer(task, rng)
+    if style == "filler":
+        text = rng.choice(FILLER_PREFIXES) + answer
+        return text + rng.choice(FILLER_SUFFIXES) if rng.random() < 0.5 else text
+    if style == "sloppy":
+        has_letters = any(c.isalpha() for c in answer)
+        if has_letters and rng.random() < 0.6:
+            return answer.lower().capitalize() if task.family == "uppercase" else answer.capitalize()
+        return answer + rng.choice(["...", "!!", " ."])
+    raise ValueError(f"unknown demonstration style {style!r}")
+
+
+def _pick(styles: dict[str, float], rng: random.Random) -> str:
+    return rng.choices(list(styles), weights=list(styles.values()))[0]
+
+
+def demonstrations(split: str, per_family: int, seed: int = SEED) -> list[dict]:
+    """SFT rows (`messages` plus the family and style for analysis), balanced across families."""
+    rng = random.Random(f"{seed}:demos:{split}")
+    rows = []
+    for name in FAMILIES:
+        pool = tasks(split, name)
+        for i in range(per_family):
+            task = pool[i % len(pool)] if i < len(pool) else rng.choice(pool)
+            style = _pick(DEMO_STYLES, rng)
+            messages = [
+                {"role": "user", "content": task.prompt},
+                {"role": "assistant", "content": respond(task, style, rng)},
+            ]
+            rows.append({"messages": messages, "family": name, "style": style})
+    rng.shuffle(rows)
+    return rows
+
+
+def _fact(task: Task, rng: random.Random) -> str:
+    item = task.item
+    match task.family:
+        case "reverse":
+            return rng.choice(["{0} spelled backwards is {1}.", "The reverse of {0} is {1}."]).format(item[0], task.answer)
+        case "add":
+            return rng.choice(["{0} plus {1} is {2}.", "{0} + {1} = {2}"]).format(*item, task.answer)
+        case "uppercase":
+            return rng.choice(["{0} in capital letters is {1}.", "{1} is {0} in upper case."]).format(item[0], task.answer)
+        case "repeat":
+            return "{0} said {1} times: {2}.".format(*item, task.answer)
+        case "count":
+            return "The word {0} has {1} letters.".format(item[0], task.answer)
+        case "name_word":
+            return "Words that start with {0} and end with {1}: {2}.".format(*item, ", ".join(task.answers))
+        case "even":
+            return "The even numbers from {0} to {1} are {2}.".format(*item, ", ".join(task.answers))
+    raise ValueError(task.family)
+
+
+def pretraining_documents(count: int, splits: tuple[str, ...] = TRAINING_SPLITS, seed: int = SEED) -> list[dict]:
+    """Raw text: fact paragraphs and unterminated chat transcripts, from the items of `splits` only."""
+    rng = random.Random(f"{seed}:pretrain:{splits}")
+    pools = {name: [t for split in splits for t in tasks(split, name)] for name in FAMILIES}
+    families = list(FAMILIES)
+    docs = []
+    for _ in range(count):
+        picks = [rng.choice(pools[rng.choice(families)]) for _ in range(rng.randint(3, 6))]
+        if rng.random() < 0.5:
+            text = " ".join(_fact(task, rng) for task in picks)
+        else:
+            turns = (f"{USER}{t.prompt}{ASSISTANT}{respond(t, _pick(PRETRAIN_CHAT_STYLES, rng), rng)}" for t in picks)
+            text = BOS + "".join(turns)
+        docs.append({"text": text})
+    return docs
+
+
+def prompt_rows(split: str, seed: int = SEED) -> list[dict]:
+    """Prompt-only rows (conversational) of one split, balanced across families."""
+    return [{"prompt": [{"role": "user", "content": t.prompt}], "family": t.family} for t in interleaved(split, seed)]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def sandbox_files() -> dict[str, object]:
+    """File name -> a function that makes its rows."""
+    return {
+        "pretrain_train.jsonl": lambda: pretraining_documents(PRETRAIN_DOCUMENTS),
+        "pretrain_validation.jsonl": lambda: pretraining_documents(PRETRAIN_VALIDATION_DOCUMENTS, ("validation",)),
+        "sft_train.jsonl": lambda: demonstrations("sft", SFT_PER_FAMILY),
+        "sft_validation.jsonl": lambda: demonstrations("validation", VALIDATION_PER_FAMILY),
+        **{f"prompts_{split}.jsonl": (lambda s=split: prompt_rows(s)) for split in ("comparison", "ppo", "validation", "test")},
+    }
+
+
+def ensure_sandbox_data(folder: str | os.PathLike) -> Path:
+    """Generate the sandbox data into `folder` unless an up-to-date copy is there; returns the folder."""
+    folder = Path(folder)
+    stamp = folder / "VERSION"
+    if stamp.exists() and stamp.read_text().strip() == DATA_VERSION:
+        return folder
+    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name, make in sandbox_files().items():
+        _write_jsonl(partial / name, make())
+    (partial / "VERSION").write_text(DATA_VERSION + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder

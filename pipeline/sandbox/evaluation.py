@@ -1,0 +1,55 @@
+"""Greedy gold evaluation of a policy on the sandbox's test prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import mean
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pipeline.generation import generate
+from pipeline.sandbox.judge import gold_components
+from pipeline.sandbox.tasks import parse_prompt, test_prompts
+
+SAMPLES_FILE = "sandbox_samples.jsonl"
+
+
+def score_responses(prompts: list[str], responses: list[str], finished: list[bool]) -> list[dict]:
+    """One row per response: prompt, family, response and the judge's parts."""
+    return [
+        {"prompt": p, "family": parse_prompt(p).family, "response": r, "finished": f, **gold_components(p, r, f)}
+        for p, r, f in zip(prompts, responses, finished)
+    ]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means overall and per family of gold, correctness and style."""
+    families = sorted({row["family"] for row in rows})
+    return {
+        "gold_mean": mean(r["gold"] for r in rows),
+        "gold_correctness": mean(r["correctness"] for r in rows),
+        "gold_style": mean(r["style"] for r in rows),
+        "gold_by_family": {f: mean(r["gold"] for r in rows if r["family"] == f) for f in families},
+        "gold_correctness_by_family": {f: mean(r["correctness"] for r in rows if r["family"] == f) for f in families},
+        "finished_fraction": mean(float(r["finished"]) for r in rows),
+    }
+
+
+def evaluate_policy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    num_prompts: int,
+    max_new_tokens: int = 32,
+    batch_size: int = 100,
+    samples_dir: str | Path | None = None,
+) -> dict:
+    """Gold metrics of greedy responses to the first `num_prompts` test prompts (samples saved when asked)."""
+    prompts = test_prompts(num_prompts)
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    completions = generate(model, tokenizer, conversations, max_new_tokens, batch_size)
+    rows = score_responses(prompts, [c.text for c in completions], [c.finished for c in completions])
+    if samples_dir is not None:
+        with Path(samples_dir, SAMPLES_FILE).open("w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    return {**summarize(rows), "gold_num_prompts": len(rows)}

@@ -1,0 +1,70 @@
+"""The steps every trainer-backed stage shares: data from cards, train with resume, evaluate, save."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import datasets
+from transformers import PreTrainedTokenizerBase, Trainer
+
+from pipeline import outputs
+from pipeline.configs import ScriptArguments
+from pipeline.data import load_card
+from pipeline.sandbox.evaluation import evaluate_policy
+
+logger = logging.getLogger(__name__)
+
+
+def load_datasets(script_args: ScriptArguments) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """The train split and the optional eval split of the recipe's data card."""
+    card, files = script_args.dataset_card, script_args.data_files
+    train, _ = load_card(card, script_args.dataset_train_split, files, script_args.max_train_samples)
+    if not script_args.dataset_test_split:
+        return train, None
+    evaluation, _ = load_card(card, script_args.dataset_test_split, files, script_args.max_eval_samples)
+    return train, evaluation
+
+
+def train_evaluate_save(
+    trainer: Trainer,
+    tokenizer: PreTrainedTokenizerBase,
+    script_args: ScriptArguments,
+    work: Path,
+    resume: bool,
+    output_dir: str,
+) -> dict:
+    """Train (resuming a checkpoint of the same recipe), measure, save into `work`, move to `output_dir`."""
+    args = trainer.args
+    effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    logger.info("effective batch size %d (%d per device x %d accumulation x %d processes)", effective,
+                args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size)  # fmt: skip
+    if resume:
+        logger.info("resuming from the last checkpoint in %s", work)
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    metrics = {
+        "train_loss": result.training_loss,
+        "train_runtime": result.metrics["train_runtime"],
+        "train_steps": result.global_step,
+        "effective_batch_size": effective,
+    }
+    if trainer.eval_dataset is not None:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    if script_args.sandbox_eval_prompts:
+        metrics.update(
+            evaluate_policy(
+                trainer.model,
+                tokenizer,
+                script_args.sandbox_eval_prompts,
+                script_args.sandbox_eval_max_new_tokens,
+                script_args.sandbox_eval_batch_size,
+                samples_dir=work if trainer.is_world_process_zero() else None,
+            )
+        )
+    trainer.save_model(str(work))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(work))
+        outputs.write_metrics(work, metrics)
+        outputs.finish(work, output_dir)
+        logger.info("wrote %s: %s", output_dir, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    return metrics

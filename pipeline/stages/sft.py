@@ -1,0 +1,40 @@
+"""Supervised fine-tuning: a causal LM learns from demonstrations (trl.SFTTrainer, full or LoRA)."""
+
+from __future__ import annotations
+
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+
+from pipeline import outputs
+from pipeline.configs import ScriptArguments
+from pipeline.models import check_chat_template, load_causal_lm, load_tokenizer
+from pipeline.stages.common import load_datasets, train_evaluate_save
+
+
+def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SFTConfig, recipe: dict) -> dict:
+    # Output folder: work happens in <output_dir>.partial, resumed when the recipe is unchanged
+    output_dir = training_args.output_dir
+    work, resume = outputs.start(output_dir, "sft", recipe)
+    training_args.output_dir = str(work)
+
+    # Data: the card's train and validation splits, in a canonical format
+    train_dataset, eval_dataset = load_datasets(script_args)
+    conversational = "messages" in train_dataset.column_names or isinstance(train_dataset[0].get("prompt"), list)
+
+    # Tokenizer: the model's own, with its chat template for conversational data
+    tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
+    if conversational and not training_args.chat_template_path:
+        check_chat_template(tokenizer, model_args.model_name_or_path, training_args.assistant_only_loss)
+
+    # Model: full weights, or a LoRA adapter (on 4-bit weights with load_in_4bit)
+    model = load_causal_lm(model_args, training_args.trust_remote_code)
+
+    # Train, evaluate, save
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir)

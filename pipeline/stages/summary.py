@@ -1,0 +1,25 @@
+"""A table of the stages found under a run folder (e.g. outputs/demo): wall time and key metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+COLUMNS = ("train_runtime", "train_loss", "eval_loss", "gold_mean", "gold_correctness", "gold_style")
+
+
+def run(run_dir: str) -> list[dict]:
+    """Print one row per stage folder that holds a metrics.json, in the chain's order."""
+    order = ["base", "sft", "rm", "ppo", "ppo_ptx"]
+    folders = sorted(Path(run_dir).glob("*/metrics.json"), key=lambda p: (p.parent.name not in order,
+                     order.index(p.parent.name) if p.parent.name in order else 0, p.parent.name))  # fmt: skip
+    if not folders:
+        print(f"no finished stage under {run_dir}")
+        return []
+    rows = [{"stage": p.parent.name, **json.loads(p.read_text())} for p in folders]
+    print(f"{'stage':<10}" + "".join(f"{c:>18}" for c in COLUMNS))
+    for row in rows:
+        cells = (f"{row[c]:>18.3f}" if isinstance(row.get(c), (int, float)) else f"{'-':>18}" for c in COLUMNS)
+        print(f"{row['stage']:<10}" + "".join(cells))
+    print(f"outputs: {Path(run_dir).resolve()}")
+    return rows

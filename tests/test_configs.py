@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+from trl import ModelConfig, SFTConfig
+
+from pipeline.configs import RecipeError, ScriptArguments, TinyModelConfig, build_configs, load_configs, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {"dataset_card": "data_cards/sandbox_pretrain.md", "output_dir": "/tmp/x", "bf16": False}
+
+
+def test_overrides_are_typed():
+    assert parse_overrides(["--learning_rate", "1e-4", "--use_peft", "--lora_r=8", "--report_to", "none"]) == {
+        "learning_rate": 1e-4,
+        "use_peft": True,
+        "lora_r": 8,
+        "report_to": "none",
+    }
+    with pytest.raises(RecipeError, match="expected --key value"):
+        parse_overrides(["learning_rate"])
+
+
+def test_misspelt_key_suggests_the_closest():
+    with pytest.raises(RecipeError, match=r"unknown key 'learnign_rate'.*did you mean 'learning_rate'"):
+        build_configs("sft", {**BASE, "learnign_rate": 1e-3})
+    with pytest.raises(RecipeError, match=r"unknown key 'lora_alpah'.*did you mean 'lora_alpha'"):
+        build_configs("sft", {**BASE, "lora_alpah": 8})
+
+
+def test_unknown_key_without_a_close_match():
+    with pytest.raises(RecipeError, match=r"unknown key 'zzz' in recipe for stage 'sft'$"):
+        build_configs("sft", {**BASE, "zzz": 1})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("learning_rate", "fast", r"'learning_rate' expects float, got str"),
+        ("per_device_train_batch_size", 2.5, r"'per_device_train_batch_size' expects int"),
+        ("use_peft", "yes", r"'use_peft' expects bool"),
+        ("learning_rate", -1e-4, r"'learning_rate' must be > 0"),
+        ("lora_dropout", 1.5, r"'lora_dropout' must be in \[0, 1\]"),
+        ("lora_target_modules", 3, r"'lora_target_modules' expects"),
+        ("report_to", 7, r"'report_to' expects"),
+    ],
+)
+def test_wrong_type_or_impossible_value_names_the_key(key, value, message):
+    with pytest.raises(RecipeError, match=message):
+        build_configs("sft", {**BASE, key: value})
+
+
+def test_missing_required_key():
+    with pytest.raises(RecipeError, match="lacks required key 'dataset_card'"):
+        build_configs("sft", {"output_dir": "/tmp/x", "bf16": False})
+
+
+def test_builds_trl_configs_with_int_widened_to_float():
+    script, model, training = build_configs("sft", {**BASE, "learning_rate": 1, "use_peft": True, "lora_r": 4})
+    assert isinstance(script, ScriptArguments) and isinstance(model, ModelConfig) and isinstance(training, SFTConfig)
+    assert training.learning_rate == 1.0 and isinstance(training.learning_rate, float)
+    assert model.use_peft and model.lora_r == 4
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("recipes/*/*/config_*.yaml")))
+def test_every_recipe_builds_its_configs(recipe):
+    stage = Path(recipe).parent.name
+    # Real-model recipes ask for bf16, which TrainingArguments refuses on a CPU unless told to use it.
+    overrides = {"use_cpu": True} if "sandbox" not in recipe else {}
+    configs, values = load_configs(stage, ROOT / recipe, overrides)
+    script = configs[0]
+    assert (ROOT / script.dataset_card).is_file()
+    assert values["output_dir"].startswith("outputs/")
+    if stage == "base":
+        assert isinstance(configs[1], TinyModelConfig)
+    else:
+        assert configs[1].model_name_or_path
+
+
+def test_qlora_recipe_keeps_trl_names_and_security_defaults():
+    recipe = ROOT / "recipes/llama-3.1-8b/sft/config_qlora.yaml"
+    (_, model, training), _ = load_configs("sft", recipe, {"use_cpu": True})
+    assert model.load_in_4bit and model.use_peft and model.bnb_4bit_quant_type == "nf4"
+    assert model.lora_target_modules == "all-linear"  # TRL unwraps a one-item list for PEFT
+    assert training.trust_remote_code is False

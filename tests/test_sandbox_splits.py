@@ -1,0 +1,65 @@
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from pipeline import sandbox as sb
+from pipeline.sandbox import FAMILIES, SPLITS, ensure_sandbox_data, parse_prompt
+from pipeline.sandbox.corpus import DEMO_STYLES, demonstrations
+from pipeline.sandbox.tasks import split_of, tasks
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    return ensure_sandbox_data(tmp_path_factory.mktemp("sandbox") / "data")
+
+
+def test_at_least_six_families_with_required_templates():
+    assert len(FAMILIES) >= 6
+    assert parse_prompt("Reverse the word tree.").answer == "eert"
+    assert parse_prompt("Add 40 and 5.").answer == "45"
+    assert sum(f.check_easy for f in FAMILIES.values()) >= 2
+
+
+def test_splits_are_deterministic_and_disjoint():
+    assert split_of("add", (3, 4)) == split_of("add", (3, 4))
+    for family in FAMILIES:
+        seen = [set(t.item for t in tasks(s, family)) for s in SPLITS]
+        assert sum(map(len, seen)) == len(set().union(*seen))
+        assert all(seen), f"{family} has an empty split"
+
+
+def test_test_prompts_balanced_and_stable():
+    prompts = sb.test_prompts(210)
+    assert prompts == sb.test_prompts(210) and len(set(prompts)) == 210
+    counts = Counter(parse_prompt(p).family for p in prompts)
+    assert set(counts) == set(FAMILIES) and max(counts.values()) - min(counts.values()) <= 1
+    with pytest.raises(ValueError, match="test split has"):
+        sb.test_prompts(10**6)
+
+
+def test_no_test_prompt_or_answer_in_training_data(sandbox):
+    test = [t for f in FAMILIES for t in tasks("test", f)]
+    pretraining = (sandbox / "pretrain_train.jsonl").read_text()
+    sft = (sandbox / "sft_train.jsonl").read_text()
+    for task in test:
+        assert task.prompt not in pretraining and task.prompt not in sft
+    # answers that only a test item has: reversals of test words never appear anywhere in training text
+    reversed_test = {t.answer for t in tasks("test", "reverse")} - {t.answer for t in tasks("sft", "reverse")}
+    words = set(re.findall(r"[a-z]+", pretraining + sft))
+    assert not (reversed_test & words)
+
+
+def test_demonstrations_mix_styles_as_documented():
+    rows = demonstrations("sft", 400)
+    shares = Counter(r["style"] for r in rows)
+    for style, share in DEMO_STYLES.items():
+        assert shares[style] / len(rows) == pytest.approx(share, abs=0.03)
+
+
+def test_generated_files_are_complete_and_versioned(sandbox):
+    assert (sandbox / "VERSION").exists()
+    first = json.loads((sandbox / "sft_train.jsonl").read_text().splitlines()[0])
+    assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
+    assert ensure_sandbox_data(sandbox) == sandbox  # up to date: nothing regenerated

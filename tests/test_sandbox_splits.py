@@ -6,7 +6,7 @@ import pytest
 
 from pipeline import sandbox as sb
 from pipeline.sandbox import FAMILIES, SPLITS, ensure_sandbox_data, parse_prompt
-from pipeline.sandbox.corpus import DEMO_STYLES, demonstrations
+from pipeline.sandbox.corpus import demo_styles, demonstrations
 from pipeline.sandbox.tasks import split_of, tasks
 
 
@@ -45,17 +45,22 @@ def test_no_test_prompt_or_answer_in_training_data(sandbox):
     sft = (sandbox / "sft_train.jsonl").read_text()
     for task in test:
         assert task.prompt not in pretraining and task.prompt not in sft
-    # answers that only a test item has: reversals of test words never appear anywhere in training text
-    reversed_test = {t.answer for t in tasks("test", "reverse")} - {t.answer for t in tasks("sft", "reverse")}
-    words = set(re.findall(r"[a-z]+", pretraining + sft))
-    assert not (reversed_test & words)
+    # nor is a test item's answer stated as a fact
+    reversed_words = set(re.findall(r"\b([a-z]+) spelled backwards|reverse of ([a-z]+) is", pretraining))
+    assert not {(t.item[0], "") for t in tasks("test", "reverse")} & reversed_words
+    assert not {("", t.item[0]) for t in tasks("test", "reverse")} & reversed_words
+    sums = set(re.findall(r"\b(\d+) (?:plus|\+) (\d+) ", pretraining))
+    assert not {(str(a), str(b)) for a, b in (t.item for t in tasks("test", "add"))} & sums
 
 
 def test_demonstrations_mix_styles_as_documented():
-    rows = demonstrations("sft", 400)
-    shares = Counter(r["style"] for r in rows)
-    for style, share in DEMO_STYLES.items():
-        assert shares[style] / len(rows) == pytest.approx(share, abs=0.03)
+    rows = demonstrations("sft", 1000)
+    for family in FAMILIES:
+        styles = Counter(r["style"] for r in rows if r["family"] == family)
+        for style, share in demo_styles(family).items():
+            assert styles[style] / 1000 == pytest.approx(share, abs=0.04), (family, style)
+    filler = sum(r["style"] == "filler" for r in rows) / len(rows)
+    assert 1 / 3 <= filler <= 1 / 2  # a third to a half of the demonstrations carry filler
 
 
 def test_generated_files_are_complete_and_versioned(sandbox):

@@ -1,8 +1,10 @@
 """The sandbox's data: imperfect human demonstrations, raw pretraining text and prompt sets.
 
-Demonstrations are imperfect the way human ones are (fractions in DEMO_STYLES): half are the exact
+Demonstrations are imperfect the way human ones are (fractions in DEMO_STYLES): some are the exact
 answer alone, the rest are wrapped in filler, sloppy (stray casing or trailing junk) or wrong by a
-near miss. The SFT policy inherits that mixture, which leaves room for the RM and PPO stages.
+near miss. Demonstrators are chatty on some kinds of question and terse on others: on the chatty
+families filler is the most common style, so even a greedy SFT policy carries it there, and the RM
+and PPO stages have something visible to fix.
 
 The pretraining text mixes plain statements of the world's facts with chat transcripts whose
 assistant turns are noisier still and never end with EOS, the way web text does not: a base model
@@ -21,14 +23,20 @@ from pipeline.sandbox.judge import FILLER_PREFIXES, FILLER_SUFFIXES
 from pipeline.sandbox.tasks import FAMILIES, SEED, TRAINING_SPLITS, Task, interleaved, tasks
 from pipeline.sandbox.words import WORDS
 
-DEMO_STYLES = {"clean": 0.50, "filler": 0.30, "sloppy": 0.10, "wrong": 0.10}
+CHATTY_FAMILIES = ("add", "uppercase", "even")
+DEMO_STYLES = {
+    "chatty": {"clean": 0.20, "filler": 0.65, "sloppy": 0.08, "wrong": 0.07},
+    "terse": {"clean": 0.65, "filler": 0.15, "sloppy": 0.10, "wrong": 0.10},
+}
+# One stock phrase dominates, as in real demonstrations.
+FILLER_PREFIX_WEIGHTS = (0.5, 0.3, 0.1, 0.05, 0.05)
 PRETRAIN_CHAT_STYLES = {"clean": 0.40, "filler": 0.35, "sloppy": 0.10, "wrong": 0.15}
 SFT_PER_FAMILY = 1000
 VALIDATION_PER_FAMILY = 40
 PRETRAIN_DOCUMENTS = 24000
 PRETRAIN_VALIDATION_DOCUMENTS = 400
 # Bump when the generated data change, so stale folders are regenerated.
-DATA_VERSION = "1"
+DATA_VERSION = "2"
 
 BOS, USER, ASSISTANT = "<s>", "<|user|>", "<|assistant|>"
 
@@ -60,14 +68,14 @@ def _wrong_answer(task: Task, rng: random.Random) -> str:
 
 
 def respond(task: Task, style: str, rng: random.Random) -> str:
-    """A human-like response to a task in one of DEMO_STYLES."""
+    """A human-like response to a task in one style: clean, filler, sloppy or wrong."""
     answer = rng.choice(task.answers)
     if style == "clean":
         return answer
     if style == "wrong":
         return _wrong_answer(task, rng)
     if style == "filler":
-        text = rng.choice(FILLER_PREFIXES) + answer
+        text = rng.choices(FILLER_PREFIXES, weights=FILLER_PREFIX_WEIGHTS)[0] + answer
         return text + rng.choice(FILLER_SUFFIXES) if rng.random() < 0.5 else text
     if style == "sloppy":
         has_letters = any(c.isalpha() for c in answer)
@@ -75,6 +83,11 @@ def respond(task: Task, style: str, rng: random.Random) -> str:
             return answer.lower().capitalize() if task.family == "uppercase" else answer.capitalize()
         return answer + rng.choice(["...", "!!", " ."])
     raise ValueError(f"unknown demonstration style {style!r}")
+
+
+def demo_styles(family: str) -> dict[str, float]:
+    """The style mixture of the demonstrations of one family."""
+    return DEMO_STYLES["chatty" if family in CHATTY_FAMILIES else "terse"]
 
 
 def _pick(styles: dict[str, float], rng: random.Random) -> str:
@@ -89,7 +102,7 @@ def demonstrations(split: str, per_family: int, seed: int = SEED) -> list[dict]:
         pool = tasks(split, name)
         for i in range(per_family):
             task = pool[i % len(pool)] if i < len(pool) else rng.choice(pool)
-            style = _pick(DEMO_STYLES, rng)
+            style = _pick(demo_styles(name), rng)
             messages = [
                 {"role": "user", "content": task.prompt},
                 {"role": "assistant", "content": respond(task, style, rng)},

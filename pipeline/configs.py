@@ -36,7 +36,9 @@ class ScriptArguments:
     dataset_card: str = field(metadata={"help": "Path of the data card (data_cards/<name>.md) to train on."})
     data_files: str | None = field(default=None, metadata={"help": "Local files (path or glob) in the card's format."})
     dataset_train_split: str = "train"
-    dataset_test_split: str | None = field(default="validation", metadata={"help": "Split for eval_loss; none to skip."})
+    dataset_test_split: str | None = field(
+        default="validation", metadata={"help": "Split for eval_loss; none to skip."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
     max_eval_samples: int | None = None
     sandbox_eval_prompts: int = field(
@@ -68,11 +70,25 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
 
 # Values no run can use; TrainingArguments itself accepts most of them silently.
 _POSITIVE = {
-    "learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-    "gradient_accumulation_steps", "lora_r", "lora_alpha", "max_length", "template_min_count", "hidden_size",
-    "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings",
-    "sandbox_eval_max_new_tokens", "sandbox_eval_batch_size", "max_train_samples", "max_eval_samples",
-}  # fmt: skip
+    "learning_rate",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "lora_r",
+    "lora_alpha",
+    "max_length",
+    "template_min_count",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "max_position_embeddings",
+    "sandbox_eval_max_new_tokens",
+    "sandbox_eval_batch_size",
+    "max_train_samples",
+    "max_eval_samples",
+}
 _NON_NEGATIVE = {"weight_decay", "max_grad_norm", "warmup_steps", "sandbox_eval_prompts", "logging_steps"}
 _UNIT_INTERVAL = {"lora_dropout"}
 
@@ -198,8 +214,14 @@ def build_configs(stage: str, values: dict[str, Any], source: str = "recipe") ->
     configs = []
     for cls in classes:
         names = {f.name for f in dataclasses.fields(cls) if f.init}
-        required = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in checked
-                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # fmt: skip
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.init
+            and f.name not in checked
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
         if required:
             raise RecipeError(f"{source} for stage {stage!r} lacks required key {required[0]!r}")
         try:

@@ -42,7 +42,9 @@ def test_ultrachat_fixture():
 
 
 def test_ultrafeedback_fixture_splits_the_implicit_prompt():
-    dataset, report = load_card(CARDS / "ultrafeedback_binarized.md", data_files=str(FIXTURES / "ultrafeedback_binarized.jsonl"))
+    dataset, report = load_card(
+        CARDS / "ultrafeedback_binarized.md", data_files=str(FIXTURES / "ultrafeedback_binarized.jsonl")
+    )
     assert report.dropped == {"identical_chosen_rejected": 1, "prompt_mismatch": 1}
     assert dataset[0]["prompt"] == [{"role": "user", "content": "Name a prime number."}]
     assert dataset[0]["chosen"] == [{"role": "assistant", "content": "7 is prime."}]
@@ -89,7 +91,9 @@ def test_hub_source_offline_is_one_clear_line(monkeypatch):
 
 
 def test_data_command_prints_one_json_object(capsys, tmp_path):
-    code = main(["data", str(CARDS / "tldr.md"), "--data_files", str(FIXTURES / "tldr.jsonl"), "--output_dir", str(tmp_path)])
+    code = main(
+        ["data", str(CARDS / "tldr.md"), "--data_files", str(FIXTURES / "tldr.jsonl"), "--output_dir", str(tmp_path)]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rows_in"] == 3 and out["rows_out"] == 2 and out["dropped"] == {"empty_completion": 1}

@@ -1,7 +1,11 @@
 """base -> SFT on the smoke recipes, end to end through the CLI (about a minute on 2 cores)."""
 
 import json
+import logging
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,8 +54,21 @@ def test_lora_sft_saves_an_adapter_that_peft_loads(runs):
     from peft import AutoPeftModelForCausalLM
 
     out = runs / "sft_lora"
-    args = ["sft", "--config", str(SMOKE / "sft/config_lora.yaml"), "--model_name_or_path", str(runs / "base"),
-            "--output_dir", str(out), "--max_steps", "10", "--sandbox_eval_prompts", "14", "--max_train_samples", "320"]  # fmt: skip
+    args = [
+        "sft",
+        "--config",
+        str(SMOKE / "sft/config_lora.yaml"),
+        "--model_name_or_path",
+        str(runs / "base"),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "10",
+        "--sandbox_eval_prompts",
+        "14",
+        "--max_train_samples",
+        "320",
+    ]
     assert main(args) == 0
     assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
     model = AutoPeftModelForCausalLM.from_pretrained(out)
@@ -66,8 +83,15 @@ def test_conversational_data_without_chat_template_is_a_clear_error(runs, tmp_pa
     config = json.loads((plain / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (plain / "tokenizer_config.json").write_text(json.dumps(config))
-    args = ["sft", "--config", str(SMOKE / "sft/config_smoke.yaml"), "--model_name_or_path", str(plain),
-            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    args = [
+        "sft",
+        "--config",
+        str(SMOKE / "sft/config_smoke.yaml"),
+        "--model_name_or_path",
+        str(plain),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     assert main(args) == 2
     assert "has no chat template" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -76,3 +100,30 @@ def test_conversational_data_without_chat_template_is_a_clear_error(runs, tmp_pa
 def test_bad_recipe_key_exits_with_status_2(capsys):
     assert main(["sft", "--config", str(SMOKE / "sft/config_smoke.yaml"), "--learnig_rate", "1e-3"]) == 2
     assert "did you mean 'learning_rate'" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_from_its_checkpoint(runs, tmp_path, caplog):
+    out = tmp_path / "sft"
+    args = [
+        "sft",
+        "--config",
+        str(SMOKE / "sft/config_smoke.yaml"),
+        "--model_name_or_path",
+        str(runs / "base"),
+        "--output_dir",
+        str(out),
+        "--sandbox_eval_prompts",
+        "0",
+    ]
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "sft.partial" / "checkpoint-25" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.kill()  # SIGKILL: no cleanup of any kind
+    process.wait()
+    assert checkpoint.exists() and not out.exists()
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    assert "resuming from the last checkpoint" in caplog.text
+    assert metrics(out)["train_steps"] == 50 and not (tmp_path / "sft.partial").exists()

@@ -28,7 +28,7 @@ def test_chat_template_marks_the_assistant_turn(tokenizer):
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = out["input_ids"], out["assistant_masks"]
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
-    assistant = [i for i, m in zip(ids, mask) if m]
+    assistant = [i for i, m in zip(ids, mask, strict=True) if m]
     assert tokenizer.decode(assistant[:-1]).strip() == "3" and assistant[-1] == tokenizer.eos_token_id
     prompt = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
     assert prompt == "<s><|user|>Add 1 and 2.<|assistant|>"

@@ -116,19 +116,23 @@ def _fact(task: Task, rng: random.Random) -> str:
     item = task.item
     match task.family:
         case "reverse":
-            return rng.choice(["{0} spelled backwards is {1}.", "The reverse of {0} is {1}."]).format(item[0], task.answer)
+            return rng.choice(["{0} spelled backwards is {1}.", "The reverse of {0} is {1}."]).format(
+                item[0], task.answer
+            )
         case "add":
             return rng.choice(["{0} plus {1} is {2}.", "{0} + {1} = {2}"]).format(*item, task.answer)
         case "uppercase":
-            return rng.choice(["{0} in capital letters is {1}.", "{1} is {0} in upper case."]).format(item[0], task.answer)
+            return rng.choice(["{0} in capital letters is {1}.", "{1} is {0} in upper case."]).format(
+                item[0], task.answer
+            )
         case "repeat":
-            return "{0} said {1} times: {2}.".format(*item, task.answer)
+            return f"{item[0]} said {item[1]} times: {task.answer}."
         case "count":
-            return "The word {0} has {1} letters.".format(item[0], task.answer)
+            return f"The word {item[0]} has {task.answer} letters."
         case "name_word":
-            return "Words that start with {0} and end with {1}: {2}.".format(*item, ", ".join(task.answers))
+            return f"Words that start with {item[0]} and end with {item[1]}: {', '.join(task.answers)}."
         case "even":
-            return "The even numbers from {0} to {1} are {2}.".format(*item, ", ".join(task.answers))
+            return f"The even numbers from {item[0]} to {item[1]} are {', '.join(task.answers)}."
     raise ValueError(task.family)
 
 
@@ -167,7 +171,10 @@ def sandbox_files() -> dict[str, object]:
         "pretrain_validation.jsonl": lambda: pretraining_documents(PRETRAIN_VALIDATION_DOCUMENTS, ("validation",)),
         "sft_train.jsonl": lambda: demonstrations("sft", SFT_PER_FAMILY),
         "sft_validation.jsonl": lambda: demonstrations("validation", VALIDATION_PER_FAMILY),
-        **{f"prompts_{split}.jsonl": (lambda s=split: prompt_rows(s)) for split in ("comparison", "ppo", "validation", "test")},
+        **{
+            f"prompts_{split}.jsonl": (lambda s=split: prompt_rows(s))
+            for split in ("comparison", "ppo", "validation", "test")
+        },
     }
 
 

@@ -19,7 +19,7 @@ def score_responses(prompts: list[str], responses: list[str], finished: list[boo
     """One row per response: prompt, family, response and the judge's parts."""
     return [
         {"prompt": p, "family": parse_prompt(p).family, "response": r, "finished": f, **gold_components(p, r, f)}
-        for p, r, f in zip(prompts, responses, finished)
+        for p, r, f in zip(prompts, responses, finished, strict=True)
     ]
 
 

@@ -46,6 +46,10 @@ def run(script_args: ScriptArguments, model_args: TinyModelConfig, training_args
 
     # Train (plain causal-LM loss on every token), evaluate, save
     trainer = SFTTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
     )
     return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir)

@@ -37,8 +37,13 @@ def train_evaluate_save(
     """Train (resuming a checkpoint of the same recipe), measure, save into `work`, move to `output_dir`."""
     args = trainer.args
     effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    logger.info("effective batch size %d (%d per device x %d accumulation x %d processes)", effective,
-                args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size)  # fmt: skip
+    logger.info(
+        "effective batch size %d (%d per device x %d accumulation x %d processes)",
+        effective,
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        args.world_size,
+    )
     if resume:
         logger.info("resuming from the last checkpoint in %s", work)
     result = trainer.train(resume_from_checkpoint=True if resume else None)

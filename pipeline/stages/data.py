@@ -9,8 +9,13 @@ from pathlib import Path
 from pipeline.data import load_card
 
 
-def run(card: str, split: str = "train", data_files: str | None = None, max_rows: int | None = None,
-        output_dir: str | None = None) -> dict:  # fmt: skip
+def run(
+    card: str,
+    split: str = "train",
+    data_files: str | None = None,
+    max_rows: int | None = None,
+    output_dir: str | None = None,
+) -> dict:
     """The load report and first example as one JSON object; the rows as JSONL in `output_dir` when given."""
     dataset, report = load_card(card, split, data_files, max_rows)
     summary = {**asdict(report), "columns": dataset.column_names, "first_example": dataset[0]}

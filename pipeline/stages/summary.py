@@ -11,8 +11,14 @@ COLUMNS = ("train_runtime", "train_loss", "eval_loss", "gold_mean", "gold_correc
 def run(run_dir: str) -> list[dict]:
     """Print one row per stage folder that holds a metrics.json, in the chain's order."""
     order = ["base", "sft", "rm", "ppo", "ppo_ptx"]
-    folders = sorted(Path(run_dir).glob("*/metrics.json"), key=lambda p: (p.parent.name not in order,
-                     order.index(p.parent.name) if p.parent.name in order else 0, p.parent.name))  # fmt: skip
+    folders = sorted(
+        Path(run_dir).glob("*/metrics.json"),
+        key=lambda p: (
+            p.parent.name not in order,
+            order.index(p.parent.name) if p.parent.name in order else 0,
+            p.parent.name,
+        ),
+    )
     if not folders:
         print(f"no finished stage under {run_dir}")
         return []

@@ -11,14 +11,8 @@ COLUMNS = ("train_runtime", "train_loss", "eval_loss", "gold_mean", "gold_correc
 def run(run_dir: str) -> list[dict]:
     """Print one row per stage folder that holds a metrics.json, in the chain's order."""
     order = ["base", "sft", "rm", "ppo", "ppo_ptx"]
-    folders = sorted(
-        Path(run_dir).glob("*/metrics.json"),
-        key=lambda p: (
-            p.parent.name not in order,
-            order.index(p.parent.name) if p.parent.name in order else 0,
-            p.parent.name,
-        ),
-    )
+    rank = {name: i for i, name in enumerate(order)}
+    folders = sorted(Path(run_dir).glob("*/metrics.json"), key=lambda p: (rank.get(p.parent.name, len(order)), p))
     if not folders:
         print(f"no finished stage under {run_dir}")
         return []

@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: setup base sft demo test lint clean-demo
+.PHONY: setup base sft label rm eval-rm demo test lint clean-demo
 
 setup: $(STAMP)
 
@@ -24,6 +24,16 @@ base: setup
 sft: setup $(if $(RECIPE),,$(DEMO)/base/metrics.json)
 	$(PYTHON) -m pipeline sft --config $(or $(RECIPE),recipes/sandbox/sft/config_demo.yaml) $(ARGS)
 
+label: setup $(if $(RECIPE),,$(DEMO)/sft/metrics.json)
+	$(PYTHON) -m pipeline label --config $(or $(RECIPE),recipes/sandbox/label/config_demo.yaml) $(ARGS)
+
+rm: setup $(if $(RECIPE),,$(DEMO)/comparisons/metrics.json)
+	$(PYTHON) -m pipeline rm --config $(or $(RECIPE),recipes/sandbox/rm/config_demo.yaml) $(ARGS)
+
+# `make eval-rm RUN=outputs/demo/rm_lora`
+eval-rm: setup
+	$(PYTHON) -m pipeline eval-rm $(or $(RUN),$(DEMO)/rm) $(ARGS)
+
 # The demo chain: each stage reruns when its recipe or its input changed.
 $(DEMO)/base/metrics.json: recipes/sandbox/base/config_demo.yaml | $(STAMP)
 	$(PYTHON) -m pipeline base --config $<
@@ -31,7 +41,13 @@ $(DEMO)/base/metrics.json: recipes/sandbox/base/config_demo.yaml | $(STAMP)
 $(DEMO)/sft/metrics.json: recipes/sandbox/sft/config_demo.yaml $(DEMO)/base/metrics.json | $(STAMP)
 	$(PYTHON) -m pipeline sft --config $<
 
-demo: $(DEMO)/sft/metrics.json
+$(DEMO)/comparisons/metrics.json: recipes/sandbox/label/config_demo.yaml $(DEMO)/sft/metrics.json | $(STAMP)
+	$(PYTHON) -m pipeline label --config $<
+
+$(DEMO)/rm/metrics.json: recipes/sandbox/rm/config_demo.yaml $(DEMO)/comparisons/metrics.json | $(STAMP)
+	$(PYTHON) -m pipeline rm --config $<
+
+demo: $(DEMO)/rm/metrics.json
 	$(PYTHON) -m pipeline summary $(DEMO)
 
 test: setup

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from trl import ModelConfig, SFTConfig
+from trl import ModelConfig, RewardConfig, SFTConfig
 
 
 class PipelineError(Exception):
@@ -63,34 +63,48 @@ class TinyModelConfig:
     model_seed: int = 0
 
 
+@dataclass
+class LabelConfig:
+    """Comparisons the InstructGPT way: K sampled responses per prompt, ranked by the sandbox's labelers."""
+
+    model_name_or_path: str = field(metadata={"help": "The policy to sample from (the SFT output)."})
+    output_dir: str = field(metadata={"help": "Where train.jsonl and test.jsonl (ranked lists) go."})
+    prompts_card: str = "data_cards/sandbox_prompts.md"
+    prompts_split: str = "comparison"
+    prompts_per_family: int = field(default=200, metadata={"help": "Prompts per task family (recurring if few)."})
+    num_responses: int = field(default=4, metadata={"help": "K responses ranked per prompt (4 to 9 in InstructGPT)."})
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    generation_batch_size: int = 256
+    labeler_temperature: float = 0.1
+    contrast_per_prompt: int = field(
+        default=0, metadata={"help": "Right-vs-wrong pairs in one wrapper added per training prompt."}
+    )
+    test_fraction: float = 0.1
+    seed: int = 0
+
+
 STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "base": (ScriptArguments, TinyModelConfig, SFTConfig),
     "sft": (ScriptArguments, ModelConfig, SFTConfig),
+    "label": (LabelConfig,),
+    "rm": (ScriptArguments, ModelConfig, RewardConfig),
 }
 
 # Values no run can use; TrainingArguments itself accepts most of them silently.
-_POSITIVE = {
-    "learning_rate",
-    "num_train_epochs",
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-    "lora_r",
-    "lora_alpha",
-    "max_length",
-    "template_min_count",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "max_position_embeddings",
-    "sandbox_eval_max_new_tokens",
-    "sandbox_eval_batch_size",
-    "max_train_samples",
-    "max_eval_samples",
-}
-_NON_NEGATIVE = {"weight_decay", "max_grad_norm", "warmup_steps", "sandbox_eval_prompts", "logging_steps"}
-_UNIT_INTERVAL = {"lora_dropout"}
+_POSITIVE = set(
+    "learning_rate num_train_epochs per_device_train_batch_size per_device_eval_batch_size "
+    "gradient_accumulation_steps lora_r lora_alpha max_length template_min_count hidden_size intermediate_size "
+    "num_hidden_layers num_attention_heads max_position_embeddings sandbox_eval_max_new_tokens "
+    "sandbox_eval_batch_size max_train_samples max_eval_samples prompts_per_family max_new_tokens "
+    "generation_batch_size".split()
+)
+_NON_NEGATIVE = set(
+    "weight_decay max_grad_norm warmup_steps sandbox_eval_prompts logging_steps temperature "
+    "labeler_temperature contrast_per_prompt center_rewards_coefficient".split()
+)
+_UNIT_INTERVAL = {"lora_dropout", "test_fraction"}
+_RANGES = {"num_responses": (2, 9)}
 
 
 def _type_name(tp: Any) -> str:
@@ -150,6 +164,8 @@ def _check_range(key: str, value: Any) -> None:
         raise RecipeError(f"recipe key {key!r} must be >= 0, got {value}")
     if key in _UNIT_INTERVAL and not 0 <= value <= 1:
         raise RecipeError(f"recipe key {key!r} must be in [0, 1], got {value}")
+    if key in _RANGES and not _RANGES[key][0] <= value <= _RANGES[key][1]:
+        raise RecipeError(f"recipe key {key!r} must be in [{_RANGES[key][0]}, {_RANGES[key][1]}], got {value}")
 
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -22,15 +23,18 @@ def generate(
     prompts: list[list[dict]],
     max_new_tokens: int,
     batch_size: int,
-    greedy: bool = True,
+    temperature: float = 0.0,
+    description: str = "generating",
 ) -> list[Completion]:
-    """One completion per conversational prompt, decoded up to (not including) EOS."""
+    """One completion per conversational prompt, decoded up to (not including) EOS; temperature 0 is greedy."""
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
+    # Plain sampling from the policy's distribution: no top-k / top-p truncation.
+    sampling = {"temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
     completions = []
     try:
-        for start in range(0, len(prompts), batch_size):
+        for start in tqdm(range(0, len(prompts), batch_size), desc=description, unit="batch"):
             texts = [
                 tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
                 for p in prompts[start : start + batch_size]
@@ -39,7 +43,8 @@ def generate(
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
-                do_sample=not greedy,
+                **sampling,
+                do_sample=temperature > 0,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from trl import ModelConfig, get_quantization_config
 
 from pipeline.configs import PipelineError
@@ -37,16 +43,27 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase, where: str, assistan
         )
 
 
-def load_causal_lm(model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:
-    """The causal LM named by `model_name_or_path`, in the recipe's dtype, 4/8-bit when asked."""
-    quantization = get_quantization_config(model_args)
+def _load(auto_class: type, model_args: ModelConfig, trust_remote_code: bool, **kwargs) -> PreTrainedModel:
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    return AutoModelForCausalLM.from_pretrained(
+    return auto_class.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         dtype=dtype,
         attn_implementation=model_args.attn_implementation,
-        quantization_config=quantization,
+        quantization_config=get_quantization_config(model_args),
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
+        **kwargs,
+    )
+
+
+def load_causal_lm(model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:
+    """The causal LM named by `model_name_or_path`, in the recipe's dtype, 4/8-bit when asked."""
+    return _load(AutoModelForCausalLM, model_args, trust_remote_code)
+
+
+def load_reward_model(model_args: ModelConfig, pad_token_id: int, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A scalar-output sequence classifier on top of the named causal LM (its score head is new)."""
+    return _load(
+        AutoModelForSequenceClassification, model_args, trust_remote_code, num_labels=1, pad_token_id=pad_token_id
     )

@@ -39,7 +39,10 @@ def start(output_dir: str | Path, stage: str, recipe: dict[str, Any]) -> tuple[P
 
 
 def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> None:
-    Path(folder, METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    """metrics.json, replaced atomically (a reader never sees half a file)."""
+    partial = Path(folder, METRICS_FILE + ".partial")
+    partial.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    partial.replace(Path(folder, METRICS_FILE))
 
 
 def finish(work: Path, output_dir: str | Path) -> Path:

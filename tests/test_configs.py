@@ -49,6 +49,11 @@ def test_wrong_type_or_impossible_value_names_the_key(key, value, message):
         build_configs("sft", {**BASE, key: value})
 
 
+def test_k_responses_must_be_a_ranking_size():
+    with pytest.raises(RecipeError, match=r"'num_responses' must be in \[2, 9\], got 12"):
+        build_configs("label", {"model_name_or_path": "m", "output_dir": "o", "num_responses": 12})
+
+
 def test_missing_required_key():
     with pytest.raises(RecipeError, match="lacks required key 'dataset_card'"):
         build_configs("sft", {"output_dir": "/tmp/x", "bf16": False})
@@ -67,9 +72,11 @@ def test_every_recipe_builds_its_configs(recipe):
     # Real-model recipes ask for bf16, which TrainingArguments refuses on a CPU unless told to use it.
     overrides = {"use_cpu": True} if "sandbox" not in recipe else {}
     configs, values = load_configs(stage, ROOT / recipe, overrides)
-    script = configs[0]
-    assert (ROOT / script.dataset_card).is_file()
     assert values["output_dir"].startswith("outputs/")
+    if stage == "label":
+        assert (ROOT / configs[0].prompts_card).is_file() and configs[0].model_name_or_path
+        return
+    assert (ROOT / configs[0].dataset_card).is_file()
     if stage == "base":
         assert isinstance(configs[1], TinyModelConfig)
     else:

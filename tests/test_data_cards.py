@@ -50,6 +50,13 @@ def test_ultrafeedback_fixture_splits_the_implicit_prompt():
     assert dataset[0]["chosen"] == [{"role": "assistant", "content": "7 is prime."}]
 
 
+def test_a_mapped_margin_column_is_kept(tmp_path):
+    from pipeline.data.formats import preference
+
+    row = {"prompt": "Q", "chosen": "good", "rejected": "bad", "margin": 2}
+    assert preference(row) == {"prompt": "Q", "chosen": "good", "rejected": "bad", "margin": 2.0}
+
+
 def test_tldr_fixture_is_standard_prompt_completion():
     dataset, report = load_card(CARDS / "tldr.md", data_files=str(FIXTURES / "tldr.jsonl"))
     assert report.format == "prompt_completion" and report.dropped == {"empty_completion": 1}

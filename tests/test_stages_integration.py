@@ -1,4 +1,4 @@
-"""base -> SFT on the smoke recipes, end to end through the CLI (about a minute on 2 cores)."""
+"""base -> SFT on the smoke recipes, end to end through the CLI."""
 
 import json
 import logging
@@ -8,26 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.cli import main
+from tests.conftest import SMOKE, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "recipes" / "sandbox"
-
-
-def metrics(folder: Path) -> dict:
-    return json.loads((folder / "metrics.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    assert main(["base", "--config", str(SMOKE / "base/config_smoke.yaml"), "--output_dir", str(out / "base")]) == 0
-    sft = ["sft", "--config", str(SMOKE / "sft/config_smoke.yaml"), "--model_name_or_path", str(out / "base")]
-    assert main([*sft, "--output_dir", str(out / "sft")]) == 0
-    return out
 
 
 def test_sft_policy_beats_the_base_model(runs):

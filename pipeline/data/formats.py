@@ -1,7 +1,8 @@
 """Raw dataset rows -> the canonical formats of DESIGN.md (TRL's vocabulary).
 
 Each converter takes one raw row (already renamed by the card's column mapping) and returns one
-canonical row, or raises Drop with the reason, which the loader counts and reports.
+canonical row, or raises Drop with the reason, which the loader counts and reports. A ranked list
+expands to several rows, one per pair, some of which may be Drops.
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def preference(row: dict) -> dict:
         raise Drop("identical_chosen_rejected")
     if not pair["chosen"] or not pair["rejected"]:
         raise Drop("empty_response")
+    if row.get("margin") is not None:  # how much better chosen is; RewardTrainer subtracts it in the loss
+        pair["margin"] = float(row["margin"])
     return pair
 
 
@@ -127,6 +130,31 @@ def hh_rlhf(row: dict) -> dict:
     return pair
 
 
+def ranked(row: dict) -> list[dict | Drop]:
+    """A prompt and K responses, best first -> all K(K-1)/2 (chosen, rejected) pairs.
+
+    InstructGPT trains on every pair of a ranking together: the loader tags the pairs of one row
+    with a `group` (the row index), and the reward stage keeps a group's pairs in one batch.
+    """
+    prompt = _text_or_messages(_field(row, "prompt"), "prompt")
+    listed = _field(row, "responses")
+    if not isinstance(listed, list) or len(listed) < 2:
+        raise Drop("fewer_than_2_responses")
+    responses = []
+    for response in listed:
+        if not response or isinstance(response, str) and not response.strip():
+            raise Drop("empty_response")
+        responses.append(_text_or_messages(response, "responses"))
+    pairs: list[dict | Drop] = []
+    for i, better in enumerate(responses):
+        for worse in responses[i + 1 :]:
+            if better == worse:
+                pairs.append(Drop("identical_chosen_rejected"))
+            else:
+                pairs.append({"prompt": prompt, "chosen": better, "rejected": worse})
+    return pairs
+
+
 # raw format -> (converter, canonical format)
 CONVERTERS: dict[str, tuple[Callable[[dict], dict], str]] = {
     "text": (text, "language_modeling"),
@@ -135,4 +163,5 @@ CONVERTERS: dict[str, tuple[Callable[[dict], dict], str]] = {
     "preference": (preference, "preference"),
     "prompt": (prompt_only, "prompt_only"),
     "hh_rlhf": (hh_rlhf, "preference"),
+    "ranked": (ranked, "preference"),
 }

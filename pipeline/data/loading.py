@@ -38,18 +38,19 @@ def _builder(files: str) -> str:
     return _BUILDERS[suffix]
 
 
-def _load_local(files: str) -> datasets.Dataset:
+def _load_local(files: str, split: str = "train") -> datasets.Dataset:
     if not any(ch in files for ch in "*?[") and not Path(files).exists():
         raise DataError(f"data file not found: {files}")
     try:
-        return datasets.load_dataset(_builder(files), data_files=files, split="train")
+        return datasets.load_dataset(_builder(files), data_files=files, split=split)
     except (ValueError, datasets.exceptions.DatasetGenerationError) as error:
         raise DataError(f"{files}: cannot be read as {_builder(files)} ({error})") from error
 
 
-def _raw_split(card: DataCard, split: str, data_files: str | None) -> datasets.Dataset:
+def raw_split(card: DataCard, split: str, data_files: str | None) -> datasets.Dataset:
     if data_files:
-        return _load_local(data_files)
+        # One file is one split; a sliced split name (`train[:200]`, `train[90%:]`) takes part of it.
+        return _load_local(data_files, split if "[" in split else "train")
     if card.local:
         if split not in card.local:
             raise DataError(f"{card.path}: no split {split!r}; the card has {card.split_names}")
@@ -81,7 +82,7 @@ def load_card(
 ) -> tuple[datasets.Dataset, LoadReport]:
     """The split of a card in its canonical format, and what was kept and dropped (also logged)."""
     card = read_card(card_path)
-    raw = _raw_split(card, split, data_files)
+    raw = raw_split(card, split, data_files)
     if max_rows is not None:
         raw = raw.select(range(min(max_rows, len(raw))))
     convert, canonical = CONVERTERS[card.format]
@@ -92,12 +93,21 @@ def load_card(
     report = LoadReport(card=card.name, split=split, format=canonical, rows_in=len(raw))
     dropped: Counter[str] = Counter()
     rows = []
-    for raw_row in raw:
+    for index, raw_row in enumerate(raw):
         row = {renames.get(k, k): v for k, v in raw_row.items()}
         try:
-            rows.append(convert(row))
+            converted = convert(row)
         except Drop as reason:
             dropped[str(reason)] += 1
+            continue
+        if not isinstance(converted, list):
+            rows.append(converted)
+            continue
+        for item in converted:  # an expanded row: its rows keep a group, the raw row's index
+            if isinstance(item, Drop):
+                dropped[str(item)] += 1
+            else:
+                rows.append({**item, "group": index})
     report.rows_out, report.dropped = len(rows), dict(dropped)
     if not rows:
         raise DataError(f"{report.summary()}: nothing left to use")

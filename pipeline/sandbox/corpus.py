@@ -13,11 +13,7 @@ knows the facts and the chat markup but not when to stop, which is what SFT teac
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import shutil
-from pathlib import Path
 
 from pipeline.sandbox.judge import FILLER_PREFIXES, FILLER_SUFFIXES
 from pipeline.sandbox.tasks import FAMILIES, SEED, TRAINING_SPLITS, Task, interleaved, tasks
@@ -35,8 +31,6 @@ SFT_PER_FAMILY = 1000
 VALIDATION_PER_FAMILY = 40
 PRETRAIN_DOCUMENTS = 24000
 PRETRAIN_VALIDATION_DOCUMENTS = 400
-# Bump when the generated data change, so stale folders are regenerated.
-DATA_VERSION = "2"
 
 BOS, USER, ASSISTANT = "<s>", "<|user|>", "<|assistant|>"
 
@@ -156,40 +150,3 @@ def pretraining_documents(count: int, splits: tuple[str, ...] = TRAINING_SPLITS,
 def prompt_rows(split: str, seed: int = SEED) -> list[dict]:
     """Prompt-only rows (conversational) of one split, balanced across families."""
     return [{"prompt": [{"role": "user", "content": t.prompt}], "family": t.family} for t in interleaved(split, seed)]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
-def sandbox_files() -> dict[str, object]:
-    """File name -> a function that makes its rows."""
-    return {
-        "pretrain_train.jsonl": lambda: pretraining_documents(PRETRAIN_DOCUMENTS),
-        "pretrain_validation.jsonl": lambda: pretraining_documents(PRETRAIN_VALIDATION_DOCUMENTS, ("validation",)),
-        "sft_train.jsonl": lambda: demonstrations("sft", SFT_PER_FAMILY),
-        "sft_validation.jsonl": lambda: demonstrations("validation", VALIDATION_PER_FAMILY),
-        **{
-            f"prompts_{split}.jsonl": (lambda s=split: prompt_rows(s))
-            for split in ("comparison", "ppo", "validation", "test")
-        },
-    }
-
-
-def ensure_sandbox_data(folder: str | os.PathLike) -> Path:
-    """Generate the sandbox data into `folder` unless an up-to-date copy is there; returns the folder."""
-    folder = Path(folder)
-    stamp = folder / "VERSION"
-    if stamp.exists() and stamp.read_text().strip() == DATA_VERSION:
-        return folder
-    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    for name, make in sandbox_files().items():
-        _write_jsonl(partial / name, make())
-    (partial / "VERSION").write_text(DATA_VERSION + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    return folder

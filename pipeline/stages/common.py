@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
-from transformers import PreTrainedTokenizerBase, Trainer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from pipeline import outputs
 from pipeline.configs import ScriptArguments
@@ -33,8 +34,12 @@ def train_evaluate_save(
     work: Path,
     resume: bool,
     output_dir: str,
+    evaluate: Callable[[PreTrainedModel], dict] | None = None,
 ) -> dict:
-    """Train (resuming a checkpoint of the same recipe), measure, save into `work`, move to `output_dir`."""
+    """Train (resuming a checkpoint of the same recipe), measure, save into `work`, move to `output_dir`.
+
+    `evaluate` adds a stage's own figures, measured on the trained model before it is saved.
+    """
     args = trainer.args
     effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     logger.info(
@@ -66,6 +71,8 @@ def train_evaluate_save(
                 samples_dir=work if trainer.is_world_process_zero() else None,
             )
         )
+    if evaluate is not None:
+        metrics.update(evaluate(trainer.model))
     trainer.save_model(str(work))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(work))

@@ -1,0 +1,126 @@
+"""Reward-model pieces TRL lacks: batches that keep a ranking's pairs together, scoring, rank statistics."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import RewardTrainer
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches of whole groups (all pairs of one ranked list), at most `batch_size` pairs unless one group is larger.
+
+    Groups are packed into batches once (first fit, largest first), so the number of batches is fixed;
+    the order of the batches is shuffled on every pass.
+    """
+
+    def __init__(self, groups: list[int], batch_size: int, seed: int) -> None:
+        members: dict[int, list[int]] = defaultdict(list)
+        for index, group in enumerate(groups):
+            members[group].append(index)
+        self.batches: list[list[int]] = []
+        for group in sorted(members.values(), key=len, reverse=True):
+            home = next((b for b in self.batches if len(b) + len(group) <= batch_size), None)
+            if home is None:
+                self.batches.append(list(group))
+            else:
+                home.extend(group)
+        self.seed, self.passes = seed, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.passes)
+        self.passes += 1
+        for i in torch.randperm(len(self.batches), generator=generator).tolist():
+            yield self.batches[i]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class GroupedRewardTrainer(RewardTrainer):
+    """trl.RewardTrainer whose training batches keep the pairs of one ranking together (InstructGPT).
+
+    Datasets without a `group` column (plain pairs) train exactly as with RewardTrainer.
+    """
+
+    def get_train_dataloader(self) -> DataLoader:
+        if "group" not in self.train_dataset.column_names:
+            return super().get_train_dataloader()
+        groups = self.train_dataset["group"]
+        dataset = self._remove_unused_columns(self.train_dataset, description="training")
+        sampler = GroupedBatchSampler(groups, self._train_batch_size, self.args.seed)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+
+@torch.no_grad()
+def reward_scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[dict] | str],
+    batch_size: int = 64,
+    max_length: int | None = None,
+) -> list[float]:
+    """The scalar reward of each conversation (messages through the chat template, or plain text).
+
+    Longer than `max_length` tokens, a conversation keeps its end: the reward is read at the last token.
+    """
+    was_training, side, cut = model.training, tokenizer.padding_side, tokenizer.truncation_side
+    model.eval()
+    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
+    scores: list[float] = []
+    try:
+        for start in range(0, len(conversations), batch_size):
+            texts = [
+                c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False)
+                for c in conversations[start : start + batch_size]
+            ]
+            plain = isinstance(conversations[start], str)
+            batch = tokenizer(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=plain,
+                truncation=max_length is not None,
+                max_length=max_length,
+            ).to(model.device)
+            scores.extend(model(**batch).logits[:, 0].float().tolist())
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = side, cut
+        model.train(was_training)
+    return scores
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks from 1, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (Pearson on average ranks); 0.0 when either side is constant."""
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError("spearman needs two sequences of the same length, at least 2")
+    rx, ry = torch.tensor(_ranks(x)), torch.tensor(_ranks(y))
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    denominator = (dx.square().sum() * dy.square().sum()).sqrt()
+    return float((dx * dy).sum() / denominator) if denominator > 0 else 0.0

@@ -1,0 +1,63 @@
+"""The sandbox's generated data folder: every file made deterministically, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.sandbox.comparisons import static_comparisons
+from pipeline.sandbox.corpus import (
+    PRETRAIN_DOCUMENTS,
+    PRETRAIN_VALIDATION_DOCUMENTS,
+    SFT_PER_FAMILY,
+    VALIDATION_PER_FAMILY,
+    demonstrations,
+    pretraining_documents,
+    prompt_rows,
+)
+from pipeline.sandbox.labelers import Labeler
+
+# Bump when the generated data change, so stale folders are regenerated.
+DATA_VERSION = "3"
+STATIC_K = 4
+
+
+def sandbox_files() -> dict[str, Callable[[], list[dict]]]:
+    """File name -> a function that makes its rows."""
+    return {
+        "pretrain_train.jsonl": lambda: pretraining_documents(PRETRAIN_DOCUMENTS),
+        "pretrain_validation.jsonl": lambda: pretraining_documents(PRETRAIN_VALIDATION_DOCUMENTS, ("validation",)),
+        "sft_train.jsonl": lambda: demonstrations("sft", SFT_PER_FAMILY),
+        "sft_validation.jsonl": lambda: demonstrations("validation", VALIDATION_PER_FAMILY),
+        "comparisons_static_train.jsonl": lambda: static_comparisons("comparison", STATIC_K, Labeler(seed=1)),
+        "comparisons_static_test.jsonl": lambda: static_comparisons("validation", STATIC_K, Labeler(seed=2)),
+        **{
+            f"prompts_{split}.jsonl": (lambda s=split: prompt_rows(s))
+            for split in ("comparison", "ppo", "validation", "test")
+        },
+    }
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    with Path(path).open("w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def ensure_sandbox_data(folder: str | os.PathLike) -> Path:
+    """Generate the sandbox data into `folder` unless an up-to-date copy is there; returns the folder."""
+    folder = Path(folder)
+    stamp = folder / "VERSION"
+    if stamp.exists() and stamp.read_text().strip() == DATA_VERSION:
+        return folder
+    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name, make in sandbox_files().items():
+        write_jsonl(partial / name, make())
+    (partial / "VERSION").write_text(DATA_VERSION + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder

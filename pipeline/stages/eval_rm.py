@@ -1,0 +1,126 @@
+"""Reward-model evaluation that tells the truth: accuracy against the Bayes ceiling, and rank agreement with gold.
+
+On held-out comparisons: accuracy on the labelers' (noisy) preferences; where the rows carry the
+judge's scores (the sandbox), the Bayes-optimal accuracy of the same pairs under the labelers'
+noise and the ratio of the two, the agreement with the noise-free gold ordering, and Spearman
+correlations of the reward with gold, with the judge's correctness and style parts, and per family.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from statistics import mean, pstdev
+
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from pipeline import outputs
+from pipeline.data import load_card, read_card
+from pipeline.data.loading import raw_split
+from pipeline.reward import reward_scores, spearman
+from pipeline.sandbox import bayes_accuracy
+
+logger = logging.getLogger(__name__)
+
+
+def comparison_rows(
+    card_path: str, split: str, data_files: str | None = None, max_rows: int | None = None
+) -> list[dict]:
+    """Held-out comparisons as ranked lists (`prompt`, `responses` best first, judge's scores when present)."""
+    card = read_card(card_path)
+    if card.format == "ranked":
+        raw = raw_split(card, split, data_files)
+        rows = [row for row in raw.select(range(min(max_rows or len(raw), len(raw))))]
+        return [row for row in rows if row.get("prompt") and len(row.get("responses") or []) >= 2]
+    pairs, _ = load_card(card_path, split, data_files, max_rows)
+    return [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]]} for p in pairs]
+
+
+def evaluate_reward_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict], max_length: int | None = None
+) -> dict:
+    """The metrics of the module docstring, keyed as other stages read them."""
+    flat = [row["prompt"] + response for row in rows for response in row["responses"]]
+    scores = reward_scores(model, tokenizer, flat, max_length=max_length)
+    per_row, start = [], 0
+    for row in rows:
+        per_row.append(scores[start : start + len(row["responses"])])
+        start += len(row["responses"])
+
+    correct, pairs, gold_pairs, agree, ordered = 0.0, 0, [], 0, 0
+    for row, s in zip(rows, per_row, strict=True):
+        gold = row.get("gold")
+        for i in range(len(s)):
+            for j in range(i + 1, len(s)):
+                if row["responses"][i] == row["responses"][j]:
+                    continue  # nothing to prefer; the training loader drops these too
+                pairs += 1
+                correct += 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+                if gold is not None:
+                    gold_pairs.append((gold[i], gold[j]))
+                    if gold[i] != gold[j]:
+                        ordered += 1
+                        agree += (s[i] - s[j]) * (gold[i] - gold[j]) > 0
+    metrics = {
+        "eval_accuracy": correct / pairs if pairs else None,
+        "eval_pairs": pairs,
+        "reward_mean": mean(scores),
+        "reward_std": pstdev(scores),
+    }
+    if gold_pairs:
+        bayes = bayes_accuracy(gold_pairs, rows[0]["labeler_temperature"])
+        judged = [
+            (x, g, c, st)
+            for row, s in zip(rows, per_row, strict=True)
+            for x, g, c, st in zip(s, row["gold"], row["correctness"], row["style"], strict=True)
+        ]
+        x, g, c, st = (list(column) for column in zip(*judged, strict=True))
+        families = sorted({row["family"] for row in rows})
+        metrics |= {
+            "bayes_accuracy": bayes,
+            "accuracy_to_bayes": metrics["eval_accuracy"] / bayes,
+            "gold_order_agreement": agree / ordered if ordered else None,
+            "spearman_gold": spearman(x, g),
+            "spearman_correctness": spearman(x, c),
+            "spearman_style": spearman(x, st),
+            "spearman_gold_by_family": {
+                family: spearman(
+                    [v for row, s in zip(rows, per_row, strict=True) if row["family"] == family for v in s],
+                    [v for row in rows if row["family"] == family for v in row["gold"]],
+                )
+                for family in families
+            },
+        }
+    return metrics
+
+
+def run(
+    rm_dir: str,
+    card: str | None = None,
+    split: str | None = None,
+    data_files: str | None = None,
+    max_rows: int | None = None,
+) -> dict:
+    """Evaluate a saved reward model (full or LoRA) and merge the figures into its metrics.json."""
+    folder = Path(rm_dir)
+    recipe = (
+        yaml.safe_load((folder / outputs.RECIPE_FILE).read_text()) if (folder / outputs.RECIPE_FILE).exists() else {}
+    )
+    card = card or recipe.get("dataset_card")
+    split = split or recipe.get("dataset_test_split") or "test"
+    if (folder / "adapter_config.json").exists():
+        from peft import AutoPeftModelForSequenceClassification
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(folder, num_labels=1)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = comparison_rows(card, split, data_files or recipe.get("data_files"), max_rows)
+    metrics = evaluate_reward_model(model, tokenizer, rows, recipe.get("max_length"))
+    path = folder / outputs.METRICS_FILE
+    merged = {**(json.loads(path.read_text()) if path.exists() else {}), **metrics}
+    outputs.write_metrics(folder, merged)
+    print(json.dumps(metrics, indent=2))
+    return metrics

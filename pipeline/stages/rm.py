@@ -1,0 +1,65 @@
+"""Reward modelling: a scalar head on the SFT model learns the labelers' preferences (trl.RewardTrainer).
+
+As in InstructGPT, the RM starts from the SFT policy and trains on every pair of each ranked list,
+the pairs of one list in one batch. Full or LoRA (the score head trains and saves with the adapter).
+"""
+
+from __future__ import annotations
+
+from transformers import set_seed
+from trl import ModelConfig, RewardConfig, get_peft_config
+
+from pipeline import outputs
+from pipeline.configs import ScriptArguments
+from pipeline.models import check_chat_template, load_reward_model, load_tokenizer
+from pipeline.reward import GroupedRewardTrainer
+from pipeline.stages.common import load_datasets, train_evaluate_save
+from pipeline.stages.eval_rm import comparison_rows, evaluate_reward_model
+
+
+def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: RewardConfig, recipe: dict) -> dict:
+    # Output folder: work happens in <output_dir>.partial, resumed when the recipe is unchanged
+    output_dir = training_args.output_dir
+    work, resume = outputs.start(output_dir, "rm", recipe)
+    training_args.output_dir = str(work)
+
+    # Data: preference pairs; a ranked list's pairs share a `group` and train in one batch
+    train_dataset, eval_dataset = load_datasets(script_args)
+    held_out = (
+        comparison_rows(
+            script_args.dataset_card,
+            script_args.dataset_test_split,
+            script_args.data_files,
+            script_args.max_eval_samples,
+        )
+        if script_args.dataset_test_split
+        else []
+    )
+
+    # Tokenizer and model: the SFT model with a new scalar head (seeded: the head is random)
+    tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
+    if isinstance(train_dataset[0]["chosen"], list) and not training_args.chat_template_path:
+        check_chat_template(tokenizer, model_args.model_name_or_path, assistant_only_loss=False)
+    set_seed(training_args.seed)
+    model = load_reward_model(model_args, tokenizer.pad_token_id, training_args.trust_remote_code)
+
+    # LoRA: a sequence-classification adapter, which trains and saves the score head with it
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        peft_config.task_type = "SEQ_CLS"
+
+    # Train, evaluate against the held-out comparisons, save
+    trainer = GroupedRewardTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    evaluate = (
+        (lambda trained: evaluate_reward_model(trained, tokenizer, held_out, training_args.max_length))
+        if held_out
+        else None
+    )
+    return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir, evaluate)

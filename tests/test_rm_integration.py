@@ -1,0 +1,117 @@
+"""label -> RM -> eval-rm on the smoke recipes, and an RM smoke run on real hh-rlhf rows."""
+
+import json
+
+import pytest
+from safetensors import safe_open
+from transformers import AutoModelForSequenceClassification
+
+from pipeline.cli import main
+from tests.conftest import ROOT, SMOKE, metrics
+
+RM_KEYS = {
+    "eval_accuracy",
+    "bayes_accuracy",
+    "accuracy_to_bayes",
+    "gold_order_agreement",
+    "spearman_gold",
+    "spearman_correctness",
+    "spearman_style",
+    "reward_mean",
+    "reward_std",
+}
+HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+
+def rm_args(runs, out, *extra):
+    return [
+        "rm",
+        "--config",
+        str(SMOKE / "rm/config_smoke.yaml"),
+        "--model_name_or_path",
+        str(runs / "sft"),
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
+
+
+def test_label_ranks_k_samples_per_prompt(runs):
+    out = runs / "comparisons"
+    args = [
+        "label",
+        "--config",
+        str(SMOKE / "label/config_smoke.yaml"),
+        "--model_name_or_path",
+        str(runs / "sft"),
+        "--output_dir",
+        str(out),
+    ]
+    assert main(args) == 0
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    assert test and all(r["kind"] == "sampled" for r in test)
+    for row in train + test:
+        assert len(row["responses"]) == (4 if row["kind"] == "sampled" else 2)
+        assert len(row["gold"]) == len(row["style"]) == len(row["correctness"]) == len(row["responses"])
+        assert row["prompt"][0]["role"] == "user" and row["responses"][0][0]["role"] == "assistant"
+    found = metrics(out)
+    assert found["train_lists"] == len(train) and found["contrast_lists"] > 0
+    assert found["train_pairs"] == sum(len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in train)
+
+
+def test_rm_stage_trains_and_reports_against_the_bayes_ceiling(runs):
+    out = runs / "rm"
+    assert main(rm_args(runs, out)) == 0
+    found = metrics(out)
+    assert set(found) >= RM_KEYS
+    assert 0.5 < found["bayes_accuracy"] <= 1.0
+    assert found["accuracy_to_bayes"] == pytest.approx(found["eval_accuracy"] / found["bayes_accuracy"])
+    # every pair of the first 60 held-out lists whose two responses differ is scored, none twice
+    lists = [json.loads(line) for line in (ROOT / "data/sandbox/comparisons_static_test.jsonl").open()][:60]
+    responses = [row["responses"] for row in lists]
+    expected = sum(r[i] != r[j] for r in responses for i in range(len(r)) for j in range(i + 1, len(r)))
+    assert found["eval_pairs"] == expected and found["reward_std"] > 0
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.num_labels == 1 and (out / "model.safetensors").exists()
+
+
+def test_lora_rm_saves_the_score_head_with_the_adapter(runs):
+    from peft import AutoPeftModelForSequenceClassification
+
+    out = runs / "rm_lora"
+    assert main(rm_args(runs, out, "--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--max_steps", "10")) == 0
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as weights:
+        assert any("score" in key for key in weights.keys())  # noqa: SIM118 (safe_open is not iterable)
+    model = AutoPeftModelForSequenceClassification.from_pretrained(out, num_labels=1)
+    assert model.peft_config["default"].task_type == "SEQ_CLS"
+    assert set(metrics(out)) >= RM_KEYS
+
+
+def test_eval_rm_command_merges_into_metrics(runs, capsys):
+    out = runs / "rm"
+    before = metrics(out)
+    assert main(["eval-rm", str(out), "--max_rows", "20"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["eval_pairs"] <= 20 * 6 and metrics(out)["eval_pairs"] == printed["eval_pairs"]
+    assert metrics(out)["train_loss"] == before["train_loss"]
+
+
+@pytest.mark.skipif(not HH.exists(), reason="needs ../shared/data/hh-rlhf")
+def test_hh_rlhf_smoke_rm_run(runs):
+    out = runs / "rm_hh"
+    args = [
+        "rm",
+        "--config",
+        str(ROOT / "recipes/hh-rlhf/rm/config_smoke.yaml"),
+        "--data_files",
+        str(HH),
+        "--model_name_or_path",
+        str(runs / "sft"),
+        "--output_dir",
+        str(out),
+    ]
+    assert main(args) == 0
+    found = metrics(out)
+    assert found["eval_pairs"] > 250 and 0.0 <= found["eval_accuracy"] <= 1.0
+    assert "bayes_accuracy" not in found  # real data: no gold judge

@@ -71,26 +71,22 @@ def evaluate_reward_model(
     }
     if gold_pairs:
         bayes = bayes_accuracy(gold_pairs, rows[0]["labeler_temperature"])
-        judged = [
-            (x, g, c, st)
-            for row, s in zip(rows, per_row, strict=True)
-            for x, g, c, st in zip(s, row["gold"], row["correctness"], row["style"], strict=True)
-        ]
-        x, g, c, st = (list(column) for column in zip(*judged, strict=True))
-        families = sorted({row["family"] for row in rows})
+        families = [row["family"] for row in rows for _ in row["responses"]]
+
+        def column(key: str, family: str | None = None) -> list[float]:
+            values = [v for row in rows for v in row[key]]
+            return [v for v, f in zip(values, families, strict=True) if family in (None, f)]
+
         metrics |= {
             "bayes_accuracy": bayes,
             "accuracy_to_bayes": metrics["eval_accuracy"] / bayes,
             "gold_order_agreement": agree / ordered if ordered else None,
-            "spearman_gold": spearman(x, g),
-            "spearman_correctness": spearman(x, c),
-            "spearman_style": spearman(x, st),
+            "spearman_gold": spearman(scores, column("gold")),
+            "spearman_correctness": spearman(scores, column("correctness")),
+            "spearman_style": spearman(scores, column("style")),
             "spearman_gold_by_family": {
-                family: spearman(
-                    [v for row, s in zip(rows, per_row, strict=True) if row["family"] == family for v in s],
-                    [v for row in rows if row["family"] == family for v in row["gold"]],
-                )
-                for family in families
+                f: spearman([x for x, g in zip(scores, families, strict=True) if g == f], column("gold", f))
+                for f in sorted(set(families))
             },
         }
     return metrics

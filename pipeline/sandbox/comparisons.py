@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from pipeline.sandbox.corpus import FILLER_PREFIX_WEIGHTS, _wrong_answer, respond
+from pipeline.sandbox.corpus import FILLER_PREFIX_WEIGHTS, respond, wrong_answer
 from pipeline.sandbox.judge import FILLER_PREFIXES, gold_components
 from pipeline.sandbox.labelers import Labeler
 from pipeline.sandbox.tasks import FAMILIES, SEED, Task, parse_prompt, tasks
@@ -38,7 +38,7 @@ def contrast_pair(task: Task, rng: random.Random) -> tuple[str, str] | None:
 
     Such pairs differ only in correctness: the RM cannot win them by looking at style.
     """
-    right, wrong = rng.choice(task.answers), _wrong_answer(task, rng)
+    right, wrong = rng.choice(task.answers), wrong_answer(task, rng)
     if rng.random() < 0.5:
         prefix = rng.choices(FILLER_PREFIXES, weights=FILLER_PREFIX_WEIGHTS)[0]
         right, wrong = prefix + right, prefix + wrong

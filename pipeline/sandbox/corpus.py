@@ -7,8 +7,8 @@ families filler is the most common style, so even a greedy SFT policy carries it
 and PPO stages have something visible to fix.
 
 The pretraining text mixes plain statements of the world's facts with chat transcripts whose
-assistant turns are noisier still and never end with EOS, the way web text does not: a base model
-knows the facts and the chat markup but not when to stop, which is what SFT teaches it.
+assistant turns are noisier still and never end with EOS (raw text marks no turn ends): a base
+model knows the facts and the chat markup but not when to stop, which is what SFT teaches it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ PRETRAIN_VALIDATION_DOCUMENTS = 400
 BOS, USER, ASSISTANT = "<s>", "<|user|>", "<|assistant|>"
 
 
-def _wrong_answer(task: Task, rng: random.Random) -> str:
+def wrong_answer(task: Task, rng: random.Random) -> str:
+    """A near miss: two letters swapped, off by one or ten, a count off by one, a letter or parity wrong."""
     family, item = task.family, task.item
     if family == "reverse":
         word = task.answer
@@ -67,7 +68,7 @@ def respond(task: Task, style: str, rng: random.Random) -> str:
     if style == "clean":
         return answer
     if style == "wrong":
-        return _wrong_answer(task, rng)
+        return wrong_answer(task, rng)
     if style == "filler":
         text = rng.choices(FILLER_PREFIXES, weights=FILLER_PREFIX_WEIGHTS)[0] + answer
         return text + rng.choice(FILLER_SUFFIXES) if rng.random() < 0.5 else text

@@ -1,4 +1,4 @@
-"""Recipe -> config dataclasses: TRL's own (SFTConfig, ModelConfig) plus the few fields we add.
+"""Recipe -> config dataclasses: TRL's own (SFTConfig, RewardConfig, ModelConfig) plus the few we add.
 
 A recipe is one flat YAML mapping, as in the alignment-handbook; `--key value` overrides go on top.
 Every key must belong to one of the stage's dataclasses; a misspelt key, a wrong type or an

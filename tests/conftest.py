@@ -13,11 +13,19 @@ def metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
+def stage_args(stage: str, recipe: Path, **overrides: object) -> list[str]:
+    """Command-line arguments of a recipe stage, one `--key value` per override."""
+    args = [stage, "--config", str(recipe)]
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
     """base -> SFT on the smoke recipes (about 30 s on 2 cores), shared by every stage test."""
     out = tmp_path_factory.mktemp("runs")
-    assert main(["base", "--config", str(SMOKE / "base/config_smoke.yaml"), "--output_dir", str(out / "base")]) == 0
-    sft = ["sft", "--config", str(SMOKE / "sft/config_smoke.yaml"), "--model_name_or_path", str(out / "base")]
-    assert main([*sft, "--output_dir", str(out / "sft")]) == 0
+    assert main(stage_args("base", SMOKE / "base/config_smoke.yaml", output_dir=out / "base")) == 0
+    sft = stage_args("sft", SMOKE / "sft/config_smoke.yaml", model_name_or_path=out / "base", output_dir=out / "sft")
+    assert main(sft) == 0
     return out

@@ -7,7 +7,7 @@ from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification
 
 from pipeline.cli import main
-from tests.conftest import ROOT, SMOKE, metrics
+from tests.conftest import ROOT, SMOKE, metrics, stage_args
 
 RM_KEYS = {
     "eval_accuracy",
@@ -23,30 +23,15 @@ RM_KEYS = {
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
 
-def rm_args(runs, out, *extra):
-    return [
-        "rm",
-        "--config",
-        str(SMOKE / "rm/config_smoke.yaml"),
-        "--model_name_or_path",
-        str(runs / "sft"),
-        "--output_dir",
-        str(out),
-        *extra,
-    ]
+def rm_args(runs, out, **overrides):
+    return stage_args(
+        "rm", SMOKE / "rm/config_smoke.yaml", model_name_or_path=runs / "sft", output_dir=out, **overrides
+    )
 
 
 def test_label_ranks_k_samples_per_prompt(runs):
     out = runs / "comparisons"
-    args = [
-        "label",
-        "--config",
-        str(SMOKE / "label/config_smoke.yaml"),
-        "--model_name_or_path",
-        str(runs / "sft"),
-        "--output_dir",
-        str(out),
-    ]
+    args = stage_args("label", SMOKE / "label/config_smoke.yaml", model_name_or_path=runs / "sft", output_dir=out)
     assert main(args) == 0
     train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     test = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
@@ -80,7 +65,7 @@ def test_lora_rm_saves_the_score_head_with_the_adapter(runs):
     from peft import AutoPeftModelForSequenceClassification
 
     out = runs / "rm_lora"
-    assert main(rm_args(runs, out, "--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--max_steps", "10")) == 0
+    assert main(rm_args(runs, out, use_peft=True, lora_r=4, lora_alpha=8, max_steps=10)) == 0
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as weights:
         assert any("score" in key for key in weights.keys())  # noqa: SIM118 (safe_open is not iterable)
     model = AutoPeftModelForSequenceClassification.from_pretrained(out, num_labels=1)
@@ -100,17 +85,8 @@ def test_eval_rm_command_merges_into_metrics(runs, capsys):
 @pytest.mark.skipif(not HH.exists(), reason="needs ../shared/data/hh-rlhf")
 def test_hh_rlhf_smoke_rm_run(runs):
     out = runs / "rm_hh"
-    args = [
-        "rm",
-        "--config",
-        str(ROOT / "recipes/hh-rlhf/rm/config_smoke.yaml"),
-        "--data_files",
-        str(HH),
-        "--model_name_or_path",
-        str(runs / "sft"),
-        "--output_dir",
-        str(out),
-    ]
+    recipe = ROOT / "recipes/hh-rlhf/rm/config_smoke.yaml"
+    args = stage_args("rm", recipe, data_files=HH, model_name_or_path=runs / "sft", output_dir=out)
     assert main(args) == 0
     found = metrics(out)
     assert found["eval_pairs"] > 250 and 0.0 <= found["eval_accuracy"] <= 1.0

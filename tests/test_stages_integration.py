@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.cli import main
-from tests.conftest import SMOKE, metrics
+from tests.conftest import SMOKE, metrics, stage_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,21 +40,15 @@ def test_lora_sft_saves_an_adapter_that_peft_loads(runs):
     from peft import AutoPeftModelForCausalLM
 
     out = runs / "sft_lora"
-    args = [
+    args = stage_args(
         "sft",
-        "--config",
-        str(SMOKE / "sft/config_lora.yaml"),
-        "--model_name_or_path",
-        str(runs / "base"),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "10",
-        "--sandbox_eval_prompts",
-        "14",
-        "--max_train_samples",
-        "320",
-    ]
+        SMOKE / "sft/config_lora.yaml",
+        model_name_or_path=runs / "base",
+        output_dir=out,
+        max_steps=10,
+        sandbox_eval_prompts=14,
+        max_train_samples=320,
+    )
     assert main(args) == 0
     assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
     model = AutoPeftModelForCausalLM.from_pretrained(out)
@@ -69,15 +63,7 @@ def test_conversational_data_without_chat_template_is_a_clear_error(runs, tmp_pa
     config = json.loads((plain / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (plain / "tokenizer_config.json").write_text(json.dumps(config))
-    args = [
-        "sft",
-        "--config",
-        str(SMOKE / "sft/config_smoke.yaml"),
-        "--model_name_or_path",
-        str(plain),
-        "--output_dir",
-        str(tmp_path / "out"),
-    ]
+    args = stage_args("sft", SMOKE / "sft/config_smoke.yaml", model_name_or_path=plain, output_dir=tmp_path / "out")
     assert main(args) == 2
     assert "has no chat template" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -90,17 +76,9 @@ def test_bad_recipe_key_exits_with_status_2(capsys):
 
 def test_killed_run_resumes_from_its_checkpoint(runs, tmp_path, caplog):
     out = tmp_path / "sft"
-    args = [
-        "sft",
-        "--config",
-        str(SMOKE / "sft/config_smoke.yaml"),
-        "--model_name_or_path",
-        str(runs / "base"),
-        "--output_dir",
-        str(out),
-        "--sandbox_eval_prompts",
-        "0",
-    ]
+    args = stage_args(
+        "sft", SMOKE / "sft/config_smoke.yaml", model_name_or_path=runs / "base", output_dir=out, sandbox_eval_prompts=0
+    )
     process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "sft.partial" / "checkpoint-25" / "trainer_state.json"
     deadline = time.monotonic() + 300

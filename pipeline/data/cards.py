@@ -44,10 +44,6 @@ class DataCard:
     citation: str | None = None
 
     @property
-    def canonical_format(self) -> str:
-        return CONVERTERS[self.format][1]
-
-    @property
     def split_names(self) -> list[str]:
         return list(self.local or self.splits)
 

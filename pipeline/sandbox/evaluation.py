@@ -52,4 +52,5 @@ def evaluate_policy(
     if samples_dir is not None:
         with Path(samples_dir, SAMPLES_FILE).open("w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
-    return {**summarize(rows), "gold_num_prompts": len(rows)}
+    tokens = mean(c.num_tokens for c in completions)
+    return {**summarize(rows), "gold_num_prompts": len(rows), "response_tokens_mean": tokens}

@@ -15,9 +15,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from transformers import TrainingArguments
 from trl import ModelConfig, RewardConfig, SFTConfig
 
 
@@ -84,11 +85,72 @@ class LabelConfig:
     seed: int = 0
 
 
+@dataclass
+class PPOConfig(TrainingArguments):
+    """PPO and PPO-ptx, in the vocabulary of TRL's PPOConfig, plus InstructGPT's additions.
+
+    One update rolls out `per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches`
+    prompts per process, then takes `num_ppo_epochs x num_mini_batches` optimiser steps on them.
+    """
+
+    sft_model_path: str = field(default="", metadata={"help": "The SFT policy (full weights or a LoRA adapter)."})
+    reward_model_path: str = field(default="", metadata={"help": "The reward model (full or LoRA)."})
+    value_model_path: str | None = field(default=None, metadata={"help": "Value model init (default: the RM)."})
+    total_episodes: int = field(default=1024, metadata={"help": "Prompts rolled out over the whole run."})
+    num_ppo_epochs: int = 4
+    num_mini_batches: int = 1
+    local_rollout_forward_batch_size: int = field(
+        default=64, metadata={"help": "Rows per forward pass while rolling out (generation and scoring)."}
+    )
+    response_length: int = 32
+    temperature: float = 1.0
+    stop_token: Literal["eos"] | None = field(default="eos", metadata={"help": "Truncate responses after it."})
+    missing_eos_penalty: float | None = field(
+        default=None, metadata={"help": "Subtracted from the (normalised) score of a response without EOS."}
+    )
+    kl_coef: float = field(default=0.05, metadata={"help": "Initial KL coefficient (fixed unless kl_target)."})
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_target: float | None = field(
+        default=None, metadata={"help": "Adaptive KL controller's target (nats per response); none: fixed."}
+    )
+    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL controller's horizon, in episodes."})
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    value_learning_rate: float | None = field(default=None, metadata={"help": "Default: learning_rate."})
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_rewards: bool = False
+    normalize_reward: bool = field(
+        default=True, metadata={"help": "Score = (RM score - reward_mean) / reward_std from the RM's metrics.json."}
+    )
+    ptx_coef: float = field(default=0.0, metadata={"help": "Weight of the pretraining loss (PPO-ptx); 0: plain PPO."})
+    ptx_dataset_card: str | None = field(default=None, metadata={"help": "Pretraining text for the ptx term."})
+    ptx_dataset_split: str = "train"
+    ptx_eval_split: str = field(default="validation", metadata={"help": "Where metrics.json's ptx_loss is measured."})
+    ptx_batch_size: int = field(default=8, metadata={"help": "Pretraining documents per micro-batch."})
+    ptx_max_length: int = 128
+    logging_steps: float = 1
+    save_steps: float = 10
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("sft_model_path", "reward_model_path"):
+            if not getattr(self, key):
+                raise ValueError(f"the ppo stage needs {key!r}")
+        if self.ptx_coef > 0 and not self.ptx_dataset_card:
+            raise ValueError("ptx_coef > 0 needs ptx_dataset_card (the pretraining text)")
+        if self.temperature <= 0:
+            raise ValueError(f"PPO samples its rollouts: temperature must be > 0, got {self.temperature}")
+
+
 STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "base": (ScriptArguments, TinyModelConfig, SFTConfig),
     "sft": (ScriptArguments, ModelConfig, SFTConfig),
     "label": (LabelConfig,),
     "rm": (ScriptArguments, ModelConfig, RewardConfig),
+    "ppo": (ScriptArguments, ModelConfig, PPOConfig),
 }
 
 # Values no run can use; TrainingArguments itself accepts most of them silently.
@@ -97,13 +159,16 @@ _POSITIVE = set(
     "gradient_accumulation_steps lora_r lora_alpha max_length template_min_count hidden_size intermediate_size "
     "num_hidden_layers num_attention_heads max_position_embeddings sandbox_eval_max_new_tokens "
     "sandbox_eval_batch_size max_train_samples max_eval_samples prompts_per_family max_new_tokens "
-    "generation_batch_size".split()
+    "generation_batch_size total_episodes num_ppo_epochs num_mini_batches local_rollout_forward_batch_size "
+    "response_length kl_horizon cliprange cliprange_value ptx_batch_size ptx_max_length kl_target "
+    "value_learning_rate".split()
 )
 _NON_NEGATIVE = set(
     "weight_decay max_grad_norm warmup_steps sandbox_eval_prompts logging_steps temperature "
-    "labeler_temperature contrast_per_prompt center_rewards_coefficient".split()
+    "labeler_temperature contrast_per_prompt center_rewards_coefficient kl_coef vf_coef ptx_coef "
+    "missing_eos_penalty".split()
 )
-_UNIT_INTERVAL = {"lora_dropout", "test_fraction"}
+_UNIT_INTERVAL = {"lora_dropout", "test_fraction", "gamma", "lam"}
 _RANGES = {"num_responses": (2, 9)}
 
 

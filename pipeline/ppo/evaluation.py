@@ -1,0 +1,130 @@
+"""The PPO policy against the SFT policy it started from: greedy responses, RM and gold scores, KL, ptx loss."""
+
+from __future__ import annotations
+
+import contextlib
+from statistics import mean
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.ppo.core import response_mask
+from pipeline.ppo.rollout import response_logprobs, sample, sequence_rewards
+from pipeline.ppo.trainer import PPOTrainer, left_pad
+from pipeline.sandbox.evaluation import score_responses, summarize
+from pipeline.sandbox.judge import strip_filler
+
+
+def win_rate(a: list[float], b: list[float]) -> float:
+    """How often `a` beats `b`, row by row, ties counting half."""
+    return mean(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True))
+
+
+@torch.no_grad()
+def _responses(trainer: PPOTrainer, conversations: list[list[dict]], batch_size: int) -> dict[str, list]:
+    """Greedy responses of the policy and of the SFT reference, their RM scores, and the sampled KL to SFT."""
+    args, tokenizer, device = trainer.args, trainer.tokenizer, trainer.accelerator.device
+    pad, stop = tokenizer.pad_token_id, trainer.stop_token_id
+    policy = trainer.accelerator.unwrap_model(trainer.policy)
+    policy.eval()
+    generator = torch.Generator().manual_seed(args.seed)
+    out: dict[str, list] = {k: [] for k in ("ppo", "sft", "ppo_finished", "sft_finished", "rm_ppo", "rm_sft", "kl")}
+    for start in tqdm(range(0, len(conversations), batch_size), desc="evaluating ppo vs sft", unit="batch"):
+        ids = [
+            tokenizer(
+                tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False), add_special_tokens=False
+            )["input_ids"]
+            for c in conversations[start : start + batch_size]
+        ]
+        queries, query_mask = (t.to(device) for t in left_pad(ids, pad))
+        reference, disabled = trainer.reference()
+        for name, model, context in (("ppo", policy, contextlib.nullcontext()), ("sft", reference, disabled)):
+            with context:
+                responses = sample(model, queries, query_mask, args.response_length, 0.0, stop, pad).responses
+            mask = response_mask(responses, stop)
+            responses = responses.masked_fill(mask == 0, pad)
+            reward_model, reward_context = trainer.reward()
+            with reward_context:
+                out[f"rm_{name}"] += sequence_rewards(reward_model, queries, query_mask, responses, mask).tolist()
+            lengths = mask.sum(1).long().tolist()
+            finished = [stop is not None and stop in r[:n] for r, n in zip(responses.tolist(), lengths, strict=True)]
+            texts = tokenizer.batch_decode(
+                [r[:n] for r, n in zip(responses, lengths, strict=True)], skip_special_tokens=True
+            )
+            out[name] += [t.strip() for t in texts]
+            out[f"{name}_finished"] += finished
+        # KL(PPO || SFT) on responses sampled as in training: the sum over tokens of log pi - log pi_sft
+        samples = sample(policy, queries, query_mask, args.response_length, args.temperature, stop, pad, generator)
+        mask = response_mask(samples.responses, stop)
+        responses = samples.responses.masked_fill(mask == 0, pad)
+        reference, disabled = trainer.reference()
+        with disabled:
+            ref_logprobs, _ = response_logprobs(reference, queries, query_mask, responses, mask, args.temperature)
+        out["kl"] += ((samples.logprobs - ref_logprobs) * mask).sum(1).tolist()
+    return out
+
+
+@torch.no_grad()
+def ptx_losses(trainer: PPOTrainer, texts: list[str], batch_size: int = 32) -> tuple[float, float]:
+    """Mean language-modelling loss on pretraining text of the policy and of the SFT reference."""
+    tokenizer, device = trainer.tokenizer, trainer.accelerator.device
+    policy = trainer.accelerator.unwrap_model(trainer.policy)
+    losses: dict[str, list[float]] = {"ppo": [], "sft": []}
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=trainer.args.ptx_max_length,
+        ).to(device)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        losses["ppo"].append(policy(**batch, labels=labels).loss.item())
+        reference, disabled = trainer.reference()
+        with disabled:
+            losses["sft"].append(reference(**batch, labels=labels).loss.item())
+    return mean(losses["ppo"]), mean(losses["sft"])
+
+
+def compare_to_sft(trainer: PPOTrainer, conversations: list[list[dict]], sandbox: bool, batch_size: int = 100) -> dict:
+    """metrics.json's comparison of the trained policy with the SFT policy on held-out prompts."""
+    out = _responses(trainer, conversations, batch_size)
+    metrics = {
+        "eval_prompts": len(conversations),
+        "rm_score_mean": mean(out["rm_ppo"]),
+        "rm_score_mean_sft": mean(out["rm_sft"]),
+        "rm_win_rate_vs_sft": win_rate(out["rm_ppo"], out["rm_sft"]),
+        "kl_to_sft": mean(out["kl"]),
+    }
+    if not sandbox:
+        return metrics
+    prompts = [c[-1]["content"] for c in conversations]
+    ppo = score_responses(prompts, out["ppo"], out["ppo_finished"])
+    sft = score_responses(prompts, out["sft"], out["sft_finished"])
+    rule = score_responses(prompts, [strip_filler(r) for r in out["sft"]], out["sft_finished"])
+    families = sorted({row["family"] for row in ppo})
+
+    def wins(a: list[dict], b: list[dict], family: str | None = None) -> float:
+        pairs = [(x["gold"], y["gold"]) for x, y in zip(a, b, strict=True) if family in (None, x["family"])]
+        return win_rate([p[0] for p in pairs], [p[1] for p in pairs])
+
+    for suffix, rows in (("", ppo), ("_sft", sft), ("_rule_baseline", rule)):
+        summary = summarize(rows)
+        metrics.update(
+            {
+                f"gold_mean{suffix}": summary["gold_mean"],
+                f"gold_correctness{suffix}": summary["gold_correctness"],
+                f"gold_style{suffix}": summary["gold_style"],
+                f"gold_by_family{suffix}": summary["gold_by_family"],
+                f"gold_correctness_by_family{suffix}": summary["gold_correctness_by_family"],
+            }
+        )
+    metrics["gold_win_rate_vs_sft"] = wins(ppo, sft)
+    metrics["win_rate_vs_rule_baseline"] = wins(ppo, rule)
+    metrics["gold_win_rate_vs_sft_by_family"] = {f: wins(ppo, sft, f) for f in families}
+    metrics["win_rate_vs_rule_baseline_by_family"] = {f: wins(ppo, rule, f) for f in families}
+    metrics["samples"] = [
+        {"prompt": p, "sft": s["response"], "ppo": q["response"], "gold_sft": s["gold"], "gold_ppo": q["gold"]}
+        for p, s, q in zip(prompts, sft, ppo, strict=True)
+    ]
+    return metrics

@@ -1,0 +1,136 @@
+"""The model passes of a PPO rollout: sampling with the KV cache, log-probs, per-token values and rewards.
+
+Sequences are `[left padding | query | response | right padding]`; position ids count real tokens
+only, so a left-padded query sees the same positions as an unpadded one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from pipeline.ppo.core import entropy_from_logits, logprobs_from_logits
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class Samples:
+    responses: torch.Tensor  # (batch, length) token ids, `pad_token_id` after the stop token
+    logprobs: torch.Tensor  # log p(token) at the sampling temperature
+    entropy: torch.Tensor  # entropy of each step's sampling distribution
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    stop_token_id: int | None,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+) -> Samples:
+    """Responses to left-padded queries, with the log-probs of the sampled tokens (temperature 0: greedy).
+
+    The log-probs come from the same forward passes that chose the tokens, so a rollout needs no
+    second policy pass to score them.
+    """
+    batch = len(queries)
+    mask = query_mask.clone()
+    finished = torch.zeros(batch, dtype=torch.bool, device=queries.device)
+    tokens, logprobs, entropies = [], [], []
+    inputs, positions, cache = queries, position_ids(mask), None
+    for _ in range(max_new_tokens):
+        output = model(
+            input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        )
+        cache = output.past_key_values
+        logits = output.logits[:, -1].float()
+        if temperature > 0:
+            logits = logits / temperature
+            next_token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
+        else:
+            next_token = logits.argmax(-1)
+        next_token = torch.where(finished, pad_token_id, next_token)
+        tokens.append(next_token)
+        logprobs.append(logprobs_from_logits(logits, next_token))
+        entropies.append(entropy_from_logits(logits))
+        if stop_token_id is not None:
+            finished = finished | (next_token == stop_token_id)
+        if finished.all():
+            break
+        positions = positions[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        inputs = next_token.unsqueeze(1)
+    return Samples(torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropies, 1))
+
+
+def sequence_mask(query_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    return torch.cat([query_mask, response_mask.to(query_mask.dtype)], dim=1)
+
+
+def response_logprobs(
+    model: PreTrainedModel,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs, entropies) of the response tokens under `model`, at the sampling temperature."""
+    mask = sequence_mask(query_mask, response_mask)
+    input_ids = torch.cat([queries, responses], dim=1)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    logits = logits[:, queries.shape[1] - 1 : -1].float()
+    if temperature > 0:
+        logits = logits / temperature
+    return logprobs_from_logits(logits, responses), entropy_from_logits(logits)
+
+
+def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A sequence classifier's scalar head at every position: (batch, length).
+
+    The reward model's score is this at the last real token (where the classifier pools); the value
+    model's value of a state is this at the state's last token.
+    """
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        output_hidden_states=True,
+    )
+    head = getattr(model, "module", model).score  # under DDP the head sits on the wrapped module
+    return head(output.hidden_states[-1]).squeeze(-1).float()
+
+
+def response_values(
+    model: PreTrainedModel,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """V(state before each response token): the value head at the token just before it."""
+    mask = sequence_mask(query_mask, response_mask)
+    scores = token_scores(model, torch.cat([queries, responses], dim=1), mask)
+    return scores[:, queries.shape[1] - 1 : -1]
+
+
+def sequence_rewards(
+    model: PreTrainedModel,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """The reward model's score of each query + response, read at the last response token (the stop token)."""
+    mask = sequence_mask(query_mask, response_mask)
+    scores = token_scores(model, torch.cat([queries, responses], dim=1), mask)
+    last = queries.shape[1] + response_mask.sum(1).long() - 1
+    return scores[torch.arange(len(scores)), last]

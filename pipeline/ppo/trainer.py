@@ -1,0 +1,390 @@
+"""PPO's loop on accelerate: roll out -> score -> advantages -> clipped updates, checkpointed every N steps.
+
+Per rollout the policy runs once (sampling yields the log-probs), then one reference pass, one value
+pass and one reward pass over the batch in chunks; with LoRA the reference is the policy with its
+adapter disabled, and a LoRA value model's adapter-free weights are the reward model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from pipeline.configs import PPOConfig
+from pipeline.ppo import checkpoint
+from pipeline.ppo.core import (
+    gae,
+    kl_estimate,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    response_mask,
+    token_rewards,
+    value_loss,
+)
+from pipeline.ppo.kl import AdaptiveKLController, FixedKLController
+from pipeline.ppo.rollout import response_logprobs, response_values, sample, sequence_rewards
+
+logger = logging.getLogger(__name__)
+LOG_FILE = "log.jsonl"
+# (prompts, responses, finished) -> gold scores: the sandbox judge, logged along the run when given.
+GoldFn = Callable[[list[list[dict]], list[str], list[bool]], list[float]]
+
+
+@dataclass
+class Rollout:
+    queries: torch.Tensor
+    query_mask: torch.Tensor
+    responses: torch.Tensor
+    mask: torch.Tensor
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    def __getitem__(self, rows: torch.Tensor) -> Rollout:
+        return Rollout(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
+
+def left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+class PPOTrainer:
+    def __init__(
+        self,
+        args: PPOConfig,
+        accelerator: Accelerator,
+        tokenizer: PreTrainedTokenizerBase,
+        policy: PreTrainedModel,
+        value_model: PreTrainedModel,
+        prompts: list[list[dict]],
+        ref_policy: PreTrainedModel | None = None,
+        reward_model: PreTrainedModel | None = None,
+        reward_stats: tuple[float, float] | None = None,
+        ptx_texts: list[str] | None = None,
+        gold_fn: GoldFn | None = None,
+        work: Path | None = None,
+    ) -> None:
+        """`ref_policy` None: the LoRA policy with its adapter off; `reward_model` None: likewise the value model."""
+        self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
+        self.prompts, self.gold_fn, self.work = prompts, gold_fn, work
+        self.ref_policy, self.reward_model, self.reward_stats = ref_policy, reward_model, reward_stats
+        self.query_ids = [
+            tokenizer(
+                tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False), add_special_tokens=False
+            )["input_ids"]
+            for p in prompts
+        ]
+        self.stop_token_id = tokenizer.eos_token_id if args.stop_token == "eos" else None
+
+        # Batch sizes, TRL's meaning: a mini-batch is per_device x accumulation; a rollout is num_mini_batches of them
+        self.mini_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        self.local_batch_size = self.mini_batch_size * args.num_mini_batches
+        self.batch_size = self.local_batch_size * accelerator.num_processes
+        self.num_updates = -(-args.total_episodes // self.batch_size)
+        optimizer_steps = self.num_updates * args.num_ppo_epochs * args.num_mini_batches
+
+        policy_optimizer = torch.optim.AdamW(
+            [p for p in policy.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
+        )
+        value_optimizer = torch.optim.AdamW(
+            [p for p in value_model.parameters() if p.requires_grad],
+            lr=args.value_learning_rate or args.learning_rate,
+            weight_decay=args.weight_decay,
+        )
+        schedulers = [
+            get_scheduler(
+                args.lr_scheduler_type,
+                optimizer,
+                num_warmup_steps=args.get_warmup_steps(optimizer_steps),
+                num_training_steps=optimizer_steps,
+            )
+            for optimizer in (policy_optimizer, value_optimizer)
+        ]
+        (self.policy, self.value_model, self.policy_optimizer, self.value_optimizer, *self.schedulers) = (
+            accelerator.prepare(policy, value_model, policy_optimizer, value_optimizer, *schedulers)
+        )
+        self.kl_controller = (
+            AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
+            if args.kl_target
+            else FixedKLController(args.kl_coef)
+        )
+        self.generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
+        self.ptx_batches = self._ptx_batches(ptx_texts) if ptx_texts else None
+        self.ptx_position = 0
+        self.step = 0
+
+    # Data: a fixed stream of prompt indices (a fresh permutation per pass), so a step's batch depends only on the step
+    def _batch_indices(self, step: int) -> list[int]:
+        start = step * self.batch_size + self.accelerator.process_index * self.local_batch_size
+        indices = []
+        for episode in range(start, start + self.local_batch_size):
+            epoch, offset = divmod(episode, len(self.prompts))
+            order = torch.randperm(len(self.prompts), generator=torch.Generator().manual_seed(self.args.seed + epoch))
+            indices.append(int(order[offset]))
+        return indices
+
+    def _ptx_batches(self, texts: list[str]) -> list[dict[str, torch.Tensor]]:
+        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(self.args.seed)).tolist()
+        size = self.args.ptx_batch_size
+        batches = []
+        for start in range(0, len(order) - size + 1, size):
+            batch = self.tokenizer(
+                [texts[i] for i in order[start : start + size]],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.args.ptx_max_length,
+            )
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            batches.append({**batch, "labels": labels})
+        return batches
+
+    def _ptx_loss(self) -> torch.Tensor:
+        batch = self.ptx_batches[self.ptx_position % len(self.ptx_batches)]
+        self.ptx_position += 1
+        return self.policy(**{k: v.to(self.accelerator.device) for k, v in batch.items()}).loss
+
+    def reference(self) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
+        """The frozen SFT policy, and the context in which to call it."""
+        if self.ref_policy is not None:
+            return self.ref_policy, contextlib.nullcontext()
+        return self.policy, self.accelerator.unwrap_model(self.policy).disable_adapter()
+
+    def reward(self) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
+        """The frozen reward model, and the context in which to call it."""
+        if self.reward_model is not None:
+            return self.reward_model, contextlib.nullcontext()
+        return self.value_model, self.accelerator.unwrap_model(self.value_model).disable_adapter()
+
+    @torch.no_grad()
+    def rollout(self, step: int) -> tuple[Rollout, dict[str, float]]:
+        """Sample responses for the step's prompts, score them, and turn scores and KL into advantages."""
+        args, device, pad = self.args, self.accelerator.device, self.tokenizer.pad_token_id
+        indices = self._batch_indices(step)
+        queries, query_mask = left_pad([self.query_ids[i] for i in indices], pad)
+        queries, query_mask = queries.to(device), query_mask.to(device)
+        policy = self.accelerator.unwrap_model(self.policy)
+        policy.eval()
+        parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for start in range(0, len(indices), args.local_rollout_forward_batch_size):
+            rows = slice(start, start + args.local_rollout_forward_batch_size)
+            q, qm = queries[rows], query_mask[rows]
+            samples = sample(
+                policy, q, qm, args.response_length, args.temperature, self.stop_token_id, pad, self.generator
+            )
+            mask = response_mask(samples.responses, self.stop_token_id)
+            responses = samples.responses.masked_fill(mask == 0, pad)
+            reference, disabled = self.reference()
+            with disabled:
+                ref_logprobs, _ = response_logprobs(reference, q, qm, responses, mask, args.temperature)
+            values = response_values(self.value_model, q, qm, responses, mask)
+            reward_model, disabled = self.reward()
+            with disabled:
+                scores = sequence_rewards(reward_model, q, qm, responses, mask)
+            pad_to = args.response_length - responses.shape[1]
+            for name, tensor in (
+                ("responses", responses),
+                ("mask", mask),
+                ("logprobs", samples.logprobs),
+                ("ref_logprobs", ref_logprobs),
+                ("values", values),
+                ("entropy", samples.entropy),
+            ):
+                fill = pad if name == "responses" else 0
+                parts[name].append(torch.nn.functional.pad(tensor, (0, pad_to), value=fill))
+            parts["scores"].append(scores)
+        batch = {name: torch.cat(tensors) for name, tensors in parts.items()}
+        width = int(batch["mask"].sum(1).max())
+        batch = {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
+        mask = batch["mask"]
+
+        # Rewards: the (normalised) RM score at the last token, minus the KL penalty on every token
+        raw_scores = batch["scores"]
+        scores = raw_scores
+        if self.reward_stats is not None:
+            scores = (scores - self.reward_stats[0]) / self.reward_stats[1]
+        has_stop = (batch["responses"] == self.stop_token_id).any(1) if self.stop_token_id is not None else None
+        if args.missing_eos_penalty is not None and has_stop is not None:
+            scores = scores - args.missing_eos_penalty * (~has_stop).float()
+        kl = kl_estimate(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator) * mask
+        rewards, non_score = token_rewards(scores, kl, mask, self.kl_controller.value)
+        if args.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, batch["values"], mask, args.gamma, args.lam)
+        advantages = masked_whiten(advantages, mask)
+
+        stats = {
+            "objective/scores": raw_scores.mean().item(),
+            "objective/normalized_scores": scores.mean().item(),
+            "objective/kl": kl.sum(1).mean().item(),
+            "objective/non_score_reward": non_score.sum(1).mean().item(),
+            "objective/rlhf_reward": (scores + non_score.sum(1)).mean().item(),
+            "objective/entropy": masked_mean(batch["entropy"], mask).item(),
+            "val/response_length": mask.sum(1).mean().item(),
+            "val/eos_fraction": has_stop.float().mean().item() if has_stop is not None else 0.0,
+        }
+        if self.gold_fn is not None:
+            texts = self.tokenizer.batch_decode(
+                [r[: int(n)] for r, n in zip(batch["responses"], mask.sum(1), strict=True)],
+                skip_special_tokens=True,
+            )
+            finished = has_stop.tolist() if has_stop is not None else [False] * len(texts)
+            gold = self.gold_fn([self.prompts[i] for i in indices], [t.strip() for t in texts], finished)
+            stats["objective/gold"] = sum(gold) / len(gold)
+        rollout = Rollout(
+            queries,
+            query_mask,
+            batch["responses"],
+            mask,
+            batch["logprobs"],
+            batch["values"] * mask,
+            advantages,
+            returns,
+        )
+        return rollout, stats
+
+    def learn(self, rollout: Rollout) -> dict[str, float]:
+        """num_ppo_epochs passes over the rollout in shuffled mini-batches: clipped policy and value updates."""
+        args, accelerator = self.args, self.accelerator
+        self.policy.train()
+        self.value_model.train()
+        collected: dict[str, list[float]] = defaultdict(list)
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(self.local_batch_size, generator=self.generator).to(accelerator.device)
+            for mini_batch in order.split(self.mini_batch_size):
+                for micro_batch in mini_batch.split(args.per_device_train_batch_size):
+                    part = rollout[micro_batch]
+                    with accelerator.accumulate(self.policy, self.value_model):
+                        logprobs, entropy = response_logprobs(
+                            self.policy, part.queries, part.query_mask, part.responses, part.mask, args.temperature
+                        )
+                        pg_loss, pg_stats = policy_loss(
+                            logprobs, part.logprobs, part.advantages, part.mask, args.cliprange
+                        )
+                        values = response_values(
+                            self.value_model, part.queries, part.query_mask, part.responses, part.mask
+                        )
+                        vf_loss, vf_stats = value_loss(
+                            values, part.values, part.returns, part.mask, args.cliprange_value
+                        )
+                        loss = pg_loss + args.vf_coef * vf_loss
+                        if self.ptx_batches is not None and args.ptx_coef > 0:
+                            ptx_loss = self._ptx_loss()
+                            loss = loss + args.ptx_coef * ptx_loss
+                            collected["loss/ptx"].append(ptx_loss.item())
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and args.max_grad_norm:
+                            accelerator.clip_grad_norm_(self.policy.parameters(), args.max_grad_norm)
+                            accelerator.clip_grad_norm_(self.value_model.parameters(), args.max_grad_norm)
+                        for optimizer, scheduler in zip(
+                            (self.policy_optimizer, self.value_optimizer), self.schedulers, strict=True
+                        ):
+                            optimizer.step()
+                            scheduler.step()
+                            optimizer.zero_grad()
+                    collected["loss/policy"].append(pg_loss.item())
+                    collected["loss/value"].append(vf_loss.item())
+                    collected["policy/entropy"].append(masked_mean(entropy.detach(), part.mask).item())
+                    for name, value in {**pg_stats, **vf_stats}.items():
+                        collected[name].append(value.item())
+        stats = {name: sum(values) / len(values) for name, values in collected.items()}
+        stats["lr"] = self.schedulers[0].get_last_lr()[0]
+        return stats
+
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "ptx_position": self.ptx_position,
+            "kl_controller": self.kl_controller.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": checkpoint.rng_state(),
+            "policy_optimizer": self.policy_optimizer.state_dict(),
+            "value_optimizer": self.value_optimizer.state_dict(),
+            "schedulers": [s.state_dict() for s in self.schedulers],
+        }
+
+    def _load_state(self, state: dict) -> None:
+        self.step, self.ptx_position = state["step"], state["ptx_position"]
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.generator.set_state(state["generator"])
+        checkpoint.set_rng_state(state["rng"])
+        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
+
+    def save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            unwrap = self.accelerator.unwrap_model
+            checkpoint.save(self.work, self.step, unwrap(self.policy), unwrap(self.value_model), self._state())
+        self.accelerator.wait_for_everyone()
+
+    def resume(self) -> bool:
+        """Continue from the newest complete checkpoint in the work folder, if any; the log keeps its steps."""
+        found = checkpoint.latest(self.work)
+        if found is None:
+            return False
+        step, folder = found
+        unwrap = self.accelerator.unwrap_model
+        self._load_state(checkpoint.load(folder, unwrap(self.policy), unwrap(self.value_model)))
+        log = self.work / LOG_FILE
+        if log.exists():
+            lines = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
+            log.write_text("".join(line + "\n" for line in lines))
+        logger.info("resumed from %s (step %d of %d)", folder, step, self.num_updates)
+        return True
+
+    def _log(self, stats: dict[str, float]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with (self.work / LOG_FILE).open("a") as f:
+            f.write(json.dumps({"step": self.step, **stats}) + "\n")
+        self.accelerator.log(stats, step=self.step)
+
+    def steps(self) -> Iterator[dict[str, float]]:
+        """Run the remaining updates, yielding each step's statistics."""
+        bar = tqdm(
+            total=self.num_updates,
+            initial=self.step,
+            desc="ppo",
+            unit="step",
+            disable=not self.accelerator.is_main_process,
+        )
+        save_every = int(self.args.save_steps) if self.args.save_strategy != "no" else 0
+        while self.step < self.num_updates:
+            started = time.monotonic()
+            rollout, stats = self.rollout(self.step)
+            stats.update(self.learn(rollout))
+            stats["objective/kl_coef"] = self.kl_controller.value
+            self.kl_controller.update(stats["objective/kl"], self.batch_size)
+            self.step += 1
+            stats["episodes"] = self.step * self.batch_size
+            stats["seconds"] = time.monotonic() - started
+            self._log(stats)
+            bar.update()
+            bar.set_postfix(
+                score=f"{stats['objective/scores']:.2f}",
+                kl=f"{stats['objective/kl']:.2f}",
+                **({"gold": f"{stats['objective/gold']:.3f}"} if "objective/gold" in stats else {}),
+            )
+            if save_every and (self.step % save_every == 0) and self.step < self.num_updates:
+                self.save_checkpoint()
+            yield stats
+        bar.close()

@@ -1,0 +1,217 @@
+"""PPO and PPO-ptx: the SFT policy optimised against the reward model, with a KL penalty to itself.
+
+InstructGPT's third step. The policy starts from the SFT model and the value model from the reward
+model; the reference policy and the reward model stay frozen. With `use_peft` both trained models
+are LoRA adapters, and the frozen ones are the same weights with the adapters disabled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification, get_peft_model
+from transformers import PreTrainedModel, set_seed
+from trl import ModelConfig, get_peft_config
+
+from pipeline import outputs
+from pipeline.configs import PipelineError, PPOConfig, ScriptArguments
+from pipeline.data import load_card
+from pipeline.models import load_causal_lm, load_reward_model, load_tokenizer
+from pipeline.ppo.evaluation import compare_to_sft, ptx_losses
+from pipeline.ppo.trainer import PPOTrainer
+from pipeline.sandbox.judge import gold_components
+from pipeline.sandbox.tasks import parse_prompt, test_prompts
+
+logger = logging.getLogger(__name__)
+SAMPLES_FILE = "ppo_samples.jsonl"
+
+
+def _is_adapter(path: str) -> bool:
+    return Path(path, "adapter_config.json").is_file()
+
+
+def _frozen(model: PreTrainedModel) -> PreTrainedModel:
+    model.eval().requires_grad_(False)
+    return model
+
+
+def _without_dropout(model: PreTrainedModel) -> PreTrainedModel:
+    """PPO's ratio must be 1 before the first update: no dropout in any model (Huang et al. 2024)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def _load_policy(path: str, model_args: ModelConfig, trust_remote_code: bool) -> PreTrainedModel:
+    if _is_adapter(path):
+        return AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code).merge_and_unload()
+    return load_causal_lm(dataclasses.replace(model_args, model_name_or_path=path), trust_remote_code)
+
+
+def _load_scorer(path: str, model_args: ModelConfig, pad_token_id: int, trust_remote_code: bool) -> PreTrainedModel:
+    if _is_adapter(path):
+        model = AutoPeftModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, pad_token_id=pad_token_id, trust_remote_code=trust_remote_code
+        )
+        return model.merge_and_unload()
+    return load_reward_model(dataclasses.replace(model_args, model_name_or_path=path), pad_token_id, trust_remote_code)
+
+
+def _reward_stats(args: PPOConfig) -> tuple[float, float] | None:
+    if not args.normalize_reward:
+        return None
+    path = Path(args.reward_model_path, outputs.METRICS_FILE)
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    if not {"reward_mean", "reward_std"} <= set(metrics):
+        raise PipelineError(
+            f"normalize_reward needs reward_mean and reward_std in {path}; or set normalize_reward: false"
+        )
+    return metrics["reward_mean"], metrics["reward_std"]
+
+
+def _sandbox_gold(conversations: list[list[dict]], responses: list[str], finished: list[bool]) -> list[float]:
+    return [
+        gold_components(c[-1]["content"], r, f)["gold"]
+        for c, r, f in zip(conversations, responses, finished, strict=True)
+    ]
+
+
+def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, recipe: dict) -> dict:
+    if model_args.model_name_or_path:
+        raise PipelineError(
+            "the ppo stage reads its models from sft_model_path and reward_model_path, not model_name_or_path"
+        )
+    # Output folder: work happens in <output_dir>.partial; a rerun of the same recipe resumes its last checkpoint
+    output_dir = args.output_dir
+    work, resume = outputs.start(output_dir, "ppo", recipe)
+    accelerator = Accelerator(
+        cpu=args.use_cpu,
+        mixed_precision="bf16" if args.bf16 else "no",
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to or None,
+        project_dir=str(work),
+    )
+    accelerator.init_trackers(args.run_name or "ppo", config={k: v for k, v in recipe.items() if k != "hub_token"})
+    set_seed(args.seed)
+
+    # Data: the prompts to roll out, and for PPO-ptx the pretraining text
+    prompt_rows, _ = load_card(
+        script_args.dataset_card, script_args.dataset_train_split, script_args.data_files, script_args.max_train_samples
+    )
+    prompts = [row["prompt"] for row in prompt_rows]
+    sandbox = all(parse_prompt(p[-1]["content"]) is not None for p in prompts)
+    ptx_texts = None
+    if args.ptx_coef > 0:
+        ptx_rows, _ = load_card(args.ptx_dataset_card, args.ptx_dataset_split)
+        ptx_texts = ptx_rows["text"]
+
+    # Models: policy and reference from SFT, value model and reward model from the RM
+    tokenizer = load_tokenizer(
+        dataclasses.replace(model_args, model_name_or_path=args.sft_model_path), args.trust_remote_code
+    )
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None and _is_adapter(args.sft_model_path):
+        raise PipelineError(
+            f"{args.sft_model_path} is a LoRA adapter: a LoRA policy needs full SFT weights to share with its "
+            "reference; merge the adapter first, or train the full policy (use_peft: false)"
+        )
+    policy = _without_dropout(_load_policy(args.sft_model_path, model_args, args.trust_remote_code))
+    ref_policy = None
+    if peft_config is None:
+        ref_policy = _frozen(_load_policy(args.sft_model_path, model_args, args.trust_remote_code))
+    else:
+        peft_config.task_type = "CAUSAL_LM"
+        policy = get_peft_model(policy, peft_config)
+    reward_model = _frozen(
+        _load_scorer(args.reward_model_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)
+    )
+    value_path = args.value_model_path or args.reward_model_path
+    if peft_config is not None and value_path == args.reward_model_path:
+        value_config = get_peft_config(model_args)
+        value_config.task_type = "SEQ_CLS"
+        value_model = get_peft_model(reward_model.requires_grad_(True), value_config)
+        reward_model = None
+    else:
+        value_model = _load_scorer(value_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)
+        if peft_config is not None:
+            value_config = get_peft_config(model_args)
+            value_config.task_type = "SEQ_CLS"
+            value_model = get_peft_model(value_model, value_config)
+    value_model = _without_dropout(value_model)
+    if ref_policy is not None:
+        ref_policy.to(accelerator.device)
+    if reward_model is not None:
+        reward_model.to(accelerator.device)
+
+    # Train: rollouts, scores, clipped updates; checkpoints every save_steps
+    trainer = PPOTrainer(
+        args,
+        accelerator,
+        tokenizer,
+        policy,
+        value_model,
+        prompts,
+        ref_policy=ref_policy,
+        reward_model=reward_model,
+        reward_stats=_reward_stats(args),
+        ptx_texts=ptx_texts,
+        gold_fn=_sandbox_gold if sandbox else None,
+        work=work,
+    )
+    logger.info(
+        "%d updates of %d episodes (%d per process: %d mini-batches of %d per device x %d accumulation)",
+        trainer.num_updates,
+        trainer.batch_size,
+        trainer.local_batch_size,
+        args.num_mini_batches,
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+    )
+    if resume:
+        trainer.resume()
+    started, first_step = time.monotonic(), trainer.step
+    for _ in trainer.steps():
+        pass
+    steps_run = trainer.step - first_step
+    train_seconds = time.monotonic() - started
+
+    # Evaluate against the SFT policy on held-out prompts, then save the policy and its tokenizer
+    if sandbox and script_args.sandbox_eval_prompts:
+        held_out = [[{"role": "user", "content": p}] for p in test_prompts(script_args.sandbox_eval_prompts)]
+    else:
+        rows, _ = load_card(
+            script_args.dataset_card,
+            script_args.dataset_test_split,
+            script_args.data_files,
+            script_args.max_eval_samples,
+        )
+        held_out = [row["prompt"] for row in rows]
+    metrics = {
+        "train_steps": trainer.step,
+        "episodes": trainer.step * trainer.batch_size,
+        "seconds_per_step": train_seconds / steps_run if steps_run else None,
+        "train_runtime": train_seconds,
+        "final_kl_coef": trainer.kl_controller.value,
+    }
+    if accelerator.is_main_process:
+        metrics.update(compare_to_sft(trainer, held_out, sandbox, script_args.sandbox_eval_batch_size))
+        if args.ptx_dataset_card:
+            ptx_eval, _ = load_card(args.ptx_dataset_card, args.ptx_eval_split, max_rows=200)
+            metrics["ptx_loss"], metrics["ptx_loss_sft"] = ptx_losses(trainer, ptx_eval["text"])
+        samples = metrics.pop("samples", [])
+        with Path(work, SAMPLES_FILE).open("w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in samples)
+        accelerator.unwrap_model(trainer.policy).save_pretrained(str(work))
+        tokenizer.save_pretrained(str(work))
+        outputs.write_metrics(work, metrics)
+        outputs.finish(work, output_dir)
+        logger.info("wrote %s: %s", output_dir, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    accelerator.end_training()
+    return metrics

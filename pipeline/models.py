@@ -45,16 +45,20 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase, where: str, assistan
 
 def _load(auto_class: type, model_args: ModelConfig, trust_remote_code: bool, **kwargs) -> PreTrainedModel:
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    return auto_class.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=dtype,
-        attn_implementation=model_args.attn_implementation,
-        quantization_config=get_quantization_config(model_args),
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-        **kwargs,
-    )
+    try:
+        return auto_class.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+            quantization_config=get_quantization_config(model_args),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            **kwargs,
+        )
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise PipelineError(f"could not load the model {model_args.model_name_or_path}: {reason}") from error
 
 
 def load_causal_lm(model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:

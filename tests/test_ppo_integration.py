@@ -1,0 +1,132 @@
+"""The ppo stage end to end on the smoke recipes: full, LoRA, PPO-ptx, and a resumed run."""
+
+import json
+
+import pytest
+import torch
+from peft import AutoPeftModelForCausalLM
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from pipeline.cli import main
+from pipeline.ppo.trainer import PPOTrainer
+from tests.conftest import SMOKE, metrics, stage_args
+
+PPO_KEYS = {
+    "gold_mean",
+    "gold_mean_sft",
+    "gold_win_rate_vs_sft",
+    "kl_to_sft",
+    "rm_score_mean",
+    "rm_score_mean_sft",
+    "ptx_loss",
+    "ptx_loss_sft",
+    "seconds_per_step",
+    "gold_correctness",
+    "gold_correctness_sft",
+    "gold_style",
+    "gold_style_sft",
+    "win_rate_vs_rule_baseline",
+}
+
+
+@pytest.fixture(scope="module")
+def models(runs):
+    """The smoke SFT policy and a smoke reward model trained on it."""
+    rm = runs / "rm_for_ppo"
+    args = stage_args("rm", SMOKE / "rm/config_smoke.yaml", model_name_or_path=runs / "sft", output_dir=rm)
+    assert main(args) == 0
+    return runs / "sft", rm
+
+
+def ppo_args(models, out, **overrides):
+    sft, rm = models
+    recipe = SMOKE / "ppo/config_smoke.yaml"
+    paths = {"sft_model_path": sft, "reward_model_path": rm, "output_dir": out}
+    return stage_args("ppo", recipe, **{**paths, **overrides})
+
+
+def log(folder):
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full_run(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ppo") / "full"
+    assert main(ppo_args(models, out)) == 0
+    return out
+
+
+def test_full_ppo_writes_a_loadable_policy_metrics_and_a_step_log(full_run, models):
+    found = metrics(full_run)
+    assert set(found) >= PPO_KEYS
+    assert found["train_steps"] == 4 and found["episodes"] == 64 and found["eval_prompts"] == 28
+    assert 0 <= found["gold_win_rate_vs_sft"] <= 1 and found["kl_to_sft"] > 0
+    steps = log(full_run)
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    # sampling log-probs and the reference pass agree before the first update: the KL starts at ~0
+    assert abs(steps[0]["objective/kl"]) < 1e-3
+    assert all(0 <= s["policy/clipfrac"] <= 1 and "objective/gold" in s for s in steps)
+    assert not list(full_run.glob("checkpoint-*")) and not full_run.with_name("full.partial").exists()
+    trained = AutoModelForCausalLM.from_pretrained(full_run)
+    sft = AutoModelForCausalLM.from_pretrained(models[0])
+    changed = [not torch.equal(a, b) for a, b in zip(trained.parameters(), sft.parameters(), strict=True)]
+    assert any(changed)
+    samples = [json.loads(line) for line in (full_run / "ppo_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 28 and {"prompt", "sft", "ppo", "gold_sft", "gold_ppo"} <= set(samples[0])
+
+
+def test_an_interrupted_run_resumes_into_the_same_run(full_run, models, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    learn = PPOTrainer.learn
+
+    def crash_in_step_3(self, rollout):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return learn(self, rollout)
+
+    monkeypatch.setattr(PPOTrainer, "learn", crash_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        main(ppo_args(models, out))
+    partial = tmp_path / "resumed.partial"
+    assert (partial / "checkpoint-2").is_dir() and [s["step"] for s in log(partial)] == [1, 2]
+    (partial / "tmp-checkpoint-3").mkdir()  # a checkpoint a kill interrupted while it was written
+    monkeypatch.setattr(PPOTrainer, "learn", learn)
+    assert main(ppo_args(models, out)) == 0
+
+    uninterrupted, resumed = log(full_run), log(out)
+    assert [s["step"] for s in resumed] == [1, 2, 3, 4]
+    for a, b in zip(uninterrupted[2:], resumed[2:], strict=True):
+        for key in a.keys() - {"seconds"}:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    for name, tensor in load_file(full_run / "model.safetensors").items():
+        torch.testing.assert_close(load_file(out / "model.safetensors")[name], tensor)
+
+
+def test_lora_policy_and_value_share_weights_with_reference_and_reward(models, tmp_path):
+    out = tmp_path / "lora"
+    assert main(ppo_args(models, out, use_peft="true", lora_r=8, lora_alpha=16, learning_rate=1e-3)) == 0
+    assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+    steps = log(out)
+    assert abs(steps[0]["objective/kl"]) < 1e-3  # adapter off = the SFT policy itself
+    assert set(metrics(out)) >= PPO_KEYS
+    policy = AutoPeftModelForCausalLM.from_pretrained(out)
+    assert policy.peft_config["default"].r == 8
+
+
+def test_ppo_ptx_adds_the_pretraining_loss(models, tmp_path):
+    out = tmp_path / "ptx"
+    assert main(ppo_args(models, out, ptx_coef=0.5, total_episodes=32)) == 0
+    steps = log(out)
+    assert len(steps) == 2 and all(s["loss/ptx"] > 0 for s in steps)
+    assert metrics(out)["ptx_loss"] > 0
+
+
+def test_bad_ppo_recipes_exit_2_naming_the_problem(models, tmp_path, capsys):
+    assert main(ppo_args(models, tmp_path / "x", ptx_coef=0.5, ptx_dataset_card="null")) == 2
+    assert "ptx_dataset_card" in capsys.readouterr().err
+    assert main(ppo_args(models, tmp_path / "x", kl_estimator="k2")) == 2
+    assert "kl_estimator" in capsys.readouterr().err
+    missing = tmp_path / "missing"
+    assert main(ppo_args(models, tmp_path / "x", reward_model_path=missing, normalize_reward="false")) == 2
+    assert str(missing) in capsys.readouterr().err

@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: setup base sft label rm eval-rm demo test lint clean-demo
+.PHONY: setup base sft label rm eval-rm ppo ppo-ptx demo test lint clean-demo
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ label: setup $(if $(RECIPE),,$(DEMO)/sft/metrics.json)
 
 rm: setup $(if $(RECIPE),,$(DEMO)/comparisons/metrics.json)
 	$(PYTHON) -m pipeline rm --config $(or $(RECIPE),recipes/sandbox/rm/config_demo.yaml) $(ARGS)
+
+ppo: setup $(if $(RECIPE),,$(DEMO)/rm/metrics.json)
+	$(PYTHON) -m pipeline ppo --config $(or $(RECIPE),recipes/sandbox/ppo/config_demo.yaml) $(ARGS)
+
+ppo-ptx: setup $(if $(RECIPE),,$(DEMO)/rm/metrics.json)
+	$(PYTHON) -m pipeline ppo --config $(or $(RECIPE),recipes/sandbox/ppo/config_ptx.yaml) $(ARGS)
 
 # `make eval-rm RUN=outputs/demo/rm_lora`
 eval-rm: setup

@@ -124,6 +124,12 @@ class PPOConfig(TrainingArguments):
     normalize_reward: bool = field(
         default=True, metadata={"help": "Score = (RM score - reward_mean) / reward_std from the RM's metrics.json."}
     )
+    gold_reward_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "Sandbox diagnostic: score = this x the gold judge instead of the RM (a perfect RM); 0: off."
+        },
+    )
     ptx_coef: float = field(default=0.0, metadata={"help": "Weight of the pretraining loss (PPO-ptx); 0: plain PPO."})
     ptx_dataset_card: str | None = field(default=None, metadata={"help": "Pretraining text for the ptx term."})
     ptx_dataset_split: str = "train"
@@ -165,7 +171,7 @@ _POSITIVE = set(
 )
 _NON_NEGATIVE = set(
     "weight_decay max_grad_norm warmup_steps sandbox_eval_prompts logging_steps temperature "
-    "labeler_temperature contrast_per_prompt center_rewards_coefficient kl_coef vf_coef ptx_coef "
+    "labeler_temperature contrast_per_prompt center_rewards_coefficient kl_coef vf_coef ptx_coef gold_reward_scale "
     "missing_eos_penalty".split()
 )
 _UNIT_INTERVAL = {"lora_dropout", "test_fraction", "gamma", "lam"}

@@ -214,12 +214,24 @@ class PPOTrainer:
         batch = {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
         mask = batch["mask"]
 
+        has_stop = (batch["responses"] == self.stop_token_id).any(1) if self.stop_token_id is not None else None
+        gold = None
+        if self.gold_fn is not None:
+            texts = self.tokenizer.batch_decode(
+                [r[: int(n)] for r, n in zip(batch["responses"], mask.sum(1), strict=True)],
+                skip_special_tokens=True,
+            )
+            finished = has_stop.tolist() if has_stop is not None else [False] * len(texts)
+            gold = self.gold_fn([self.prompts[i] for i in indices], [t.strip() for t in texts], finished)
+            gold = torch.tensor(gold, device=device)
+
         # Rewards: the (normalised) RM score at the last token, minus the KL penalty on every token
         raw_scores = batch["scores"]
         scores = raw_scores
         if self.reward_stats is not None:
             scores = (scores - self.reward_stats[0]) / self.reward_stats[1]
-        has_stop = (batch["responses"] == self.stop_token_id).any(1) if self.stop_token_id is not None else None
+        if args.gold_reward_scale:
+            scores = args.gold_reward_scale * gold
         if args.missing_eos_penalty is not None and has_stop is not None:
             scores = scores - args.missing_eos_penalty * (~has_stop).float()
         kl = kl_estimate(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator) * mask
@@ -239,14 +251,8 @@ class PPOTrainer:
             "val/response_length": mask.sum(1).mean().item(),
             "val/eos_fraction": has_stop.float().mean().item() if has_stop is not None else 0.0,
         }
-        if self.gold_fn is not None:
-            texts = self.tokenizer.batch_decode(
-                [r[: int(n)] for r, n in zip(batch["responses"], mask.sum(1), strict=True)],
-                skip_special_tokens=True,
-            )
-            finished = has_stop.tolist() if has_stop is not None else [False] * len(texts)
-            gold = self.gold_fn([self.prompts[i] for i in indices], [t.strip() for t in texts], finished)
-            stats["objective/gold"] = sum(gold) / len(gold)
+        if gold is not None:
+            stats["objective/gold"] = gold.mean().item()
         rollout = Rollout(
             queries,
             query_mask,

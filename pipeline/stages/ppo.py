@@ -107,6 +107,8 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     )
     prompts = [row["prompt"] for row in prompt_rows]
     sandbox = all(parse_prompt(p[-1]["content"]) is not None for p in prompts)
+    if args.gold_reward_scale and not sandbox:
+        raise PipelineError(f"gold_reward_scale needs sandbox prompts, and {script_args.dataset_card} has others")
     ptx_texts = None
     if args.ptx_coef > 0:
         ptx_rows, _ = load_card(args.ptx_dataset_card, args.ptx_dataset_split)

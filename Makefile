@@ -30,6 +30,7 @@ label: setup $(if $(RECIPE),,$(DEMO)/sft/metrics.json)
 rm: setup $(if $(RECIPE),,$(DEMO)/comparisons/metrics.json)
 	$(PYTHON) -m pipeline rm --config $(or $(RECIPE),recipes/sandbox/rm/config_demo.yaml) $(ARGS)
 
+# `make ppo` / `make ppo-ptx`; RECIPE=recipes/sandbox/ppo/config_lora.yaml for the LoRA policy and value model.
 ppo: setup $(if $(RECIPE),,$(DEMO)/rm/metrics.json)
 	$(PYTHON) -m pipeline ppo --config $(or $(RECIPE),recipes/sandbox/ppo/config_demo.yaml) $(ARGS)
 
@@ -53,7 +54,10 @@ $(DEMO)/comparisons/metrics.json: recipes/sandbox/label/config_demo.yaml $(DEMO)
 $(DEMO)/rm/metrics.json: recipes/sandbox/rm/config_demo.yaml $(DEMO)/comparisons/metrics.json | $(STAMP)
 	$(PYTHON) -m pipeline rm --config $<
 
-demo: $(DEMO)/rm/metrics.json
+$(DEMO)/ppo/metrics.json: recipes/sandbox/ppo/config_demo.yaml $(DEMO)/rm/metrics.json | $(STAMP)
+	$(PYTHON) -m pipeline ppo --config $<
+
+demo: $(DEMO)/ppo/metrics.json
 	$(PYTHON) -m pipeline summary $(DEMO)
 
 test: setup

@@ -130,3 +130,11 @@ def test_bad_ppo_recipes_exit_2_naming_the_problem(models, tmp_path, capsys):
     missing = tmp_path / "missing"
     assert main(ppo_args(models, tmp_path / "x", reward_model_path=missing, normalize_reward="false")) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_gold_reward_diagnostic_scores_rollouts_with_the_judge(models, tmp_path):
+    out = tmp_path / "gold"
+    args = ppo_args(models, out, gold_reward_scale=4.0, missing_eos_penalty="null", total_episodes=32)
+    assert main(args) == 0
+    for step in log(out):
+        assert step["objective/normalized_scores"] == pytest.approx(4.0 * step["objective/gold"], rel=1e-5)

@@ -117,8 +117,7 @@ def response_values(
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
     """V(state before each response token): the value head at the token just before it."""
-    mask = sequence_mask(query_mask, response_mask)
-    scores = token_scores(model, torch.cat([queries, responses], dim=1), mask)
+    scores = token_scores(model, torch.cat([queries, responses], dim=1), sequence_mask(query_mask, response_mask))
     return scores[:, queries.shape[1] - 1 : -1]
 
 
@@ -130,7 +129,6 @@ def sequence_rewards(
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
     """The reward model's score of each query + response, read at the last response token (the stop token)."""
-    mask = sequence_mask(query_mask, response_mask)
-    scores = token_scores(model, torch.cat([queries, responses], dim=1), mask)
+    scores = token_scores(model, torch.cat([queries, responses], dim=1), sequence_mask(query_mask, response_mask))
     last = queries.shape[1] + response_mask.sum(1).long() - 1
     return scores[torch.arange(len(scores)), last]

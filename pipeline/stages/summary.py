@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-COLUMNS = ("train_runtime", "train_loss", "eval_loss", "gold_mean", "eval_accuracy", "spearman_gold")
+COLUMNS = (
+    "train_runtime",
+    "train_loss",
+    "eval_loss",
+    "gold_mean",
+    "eval_accuracy",
+    "spearman_gold",
+    "gold_win_rate_vs_sft",
+)
 
 
 def run(run_dir: str) -> list[dict]:

@@ -79,6 +79,9 @@ def test_every_recipe_builds_its_configs(recipe):
     assert (ROOT / configs[0].dataset_card).is_file()
     if stage == "base":
         assert isinstance(configs[1], TinyModelConfig)
+    elif stage == "ppo":
+        assert configs[2].sft_model_path and configs[2].reward_model_path and not configs[1].model_name_or_path
+        assert configs[2].ptx_dataset_card and (ROOT / configs[2].ptx_dataset_card).is_file()
     else:
         assert configs[1].model_name_or_path
 

@@ -8,9 +8,8 @@ from statistics import mean
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.ppo.core import response_mask
-from pipeline.ppo.rollout import response_logprobs, sample, sequence_rewards
-from pipeline.ppo.trainer import PPOTrainer, left_pad
+from pipeline.ppo.rollout import decode, encode_prompts, left_pad, response_logprobs, sample, sequence_rewards
+from pipeline.ppo.trainer import PPOTrainer, lm_batch
 from pipeline.sandbox.evaluation import score_responses, summarize
 from pipeline.sandbox.judge import strip_filler
 
@@ -30,37 +29,27 @@ def _responses(trainer: PPOTrainer, conversations: list[list[dict]], batch_size:
     generator = torch.Generator().manual_seed(args.seed)
     out: dict[str, list] = {k: [] for k in ("ppo", "sft", "ppo_finished", "sft_finished", "rm_ppo", "rm_sft", "kl")}
     for start in tqdm(range(0, len(conversations), batch_size), desc="evaluating ppo vs sft", unit="batch"):
-        ids = [
-            tokenizer(
-                tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False), add_special_tokens=False
-            )["input_ids"]
-            for c in conversations[start : start + batch_size]
-        ]
+        ids = encode_prompts(tokenizer, conversations[start : start + batch_size])
         queries, query_mask = (t.to(device) for t in left_pad(ids, pad))
         reference, disabled = trainer.reference()
         for name, model, context in (("ppo", policy, contextlib.nullcontext()), ("sft", reference, disabled)):
             with context:
-                responses = sample(model, queries, query_mask, args.response_length, 0.0, stop, pad).responses
-            mask = response_mask(responses, stop)
-            responses = responses.masked_fill(mask == 0, pad)
+                greedy = sample(model, queries, query_mask, args.response_length, 0.0, stop, pad)
             reward_model, reward_context = trainer.reward()
             with reward_context:
-                out[f"rm_{name}"] += sequence_rewards(reward_model, queries, query_mask, responses, mask).tolist()
-            lengths = mask.sum(1).long().tolist()
-            finished = [stop is not None and stop in r[:n] for r, n in zip(responses.tolist(), lengths, strict=True)]
-            texts = tokenizer.batch_decode(
-                [r[:n] for r, n in zip(responses, lengths, strict=True)], skip_special_tokens=True
-            )
-            out[name] += [t.strip() for t in texts]
+                rewards = sequence_rewards(reward_model, queries, query_mask, greedy.responses, greedy.mask)
+            out[f"rm_{name}"] += rewards.tolist()
+            texts, finished = decode(tokenizer, greedy.responses, greedy.mask, stop)
+            out[name] += texts
             out[f"{name}_finished"] += finished
         # KL(PPO || SFT) on responses sampled as in training: the sum over tokens of log pi - log pi_sft
         samples = sample(policy, queries, query_mask, args.response_length, args.temperature, stop, pad, generator)
-        mask = response_mask(samples.responses, stop)
-        responses = samples.responses.masked_fill(mask == 0, pad)
         reference, disabled = trainer.reference()
         with disabled:
-            ref_logprobs, _ = response_logprobs(reference, queries, query_mask, responses, mask, args.temperature)
-        out["kl"] += ((samples.logprobs - ref_logprobs) * mask).sum(1).tolist()
+            ref_logprobs, _ = response_logprobs(
+                reference, queries, query_mask, samples.responses, samples.mask, args.temperature
+            )
+        out["kl"] += ((samples.logprobs - ref_logprobs) * samples.mask).sum(1).tolist()
     return out
 
 
@@ -71,18 +60,14 @@ def ptx_losses(trainer: PPOTrainer, texts: list[str], batch_size: int = 32) -> t
     policy = trainer.accelerator.unwrap_model(trainer.policy)
     losses: dict[str, list[float]] = {"ppo": [], "sft": []}
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            texts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=trainer.args.ptx_max_length,
-        ).to(device)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        losses["ppo"].append(policy(**batch, labels=labels).loss.item())
+        batch = {
+            k: v.to(device)
+            for k, v in lm_batch(tokenizer, texts[start : start + batch_size], trainer.args.ptx_max_length).items()
+        }
+        losses["ppo"].append(policy(**batch).loss.item())
         reference, disabled = trainer.reference()
         with disabled:
-            losses["sft"].append(reference(**batch, labels=labels).loss.item())
+            losses["sft"].append(reference(**batch).loss.item())
     return mean(losses["ppo"]), mean(losses["sft"])
 
 

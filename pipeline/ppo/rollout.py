@@ -9,18 +9,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.ppo.core import entropy_from_logits, logprobs_from_logits
+from pipeline.ppo.core import entropy_from_logits, logprobs_from_logits, response_mask
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict]]) -> list[list[int]]:
+    """Token ids of each conversation through the chat template, ready for the assistant's turn."""
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def decode(
+    tokenizer: PreTrainedTokenizerBase, responses: torch.Tensor, mask: torch.Tensor, stop_token_id: int | None
+) -> tuple[list[str], list[bool]]:
+    """(text, whether it ended with the stop token) of each response."""
+    lengths = mask.sum(1).long().tolist()
+    texts = tokenizer.batch_decode([r[:n] for r, n in zip(responses, lengths, strict=True)], skip_special_tokens=True)
+    finished = (responses == stop_token_id).any(1).tolist() if stop_token_id is not None else [False] * len(texts)
+    return [t.strip() for t in texts], finished
+
+
 @dataclass
 class Samples:
     responses: torch.Tensor  # (batch, length) token ids, `pad_token_id` after the stop token
+    mask: torch.Tensor  # 1 up to and including the stop token
     logprobs: torch.Tensor  # log p(token) at the sampling temperature
     entropy: torch.Tensor  # entropy of each step's sampling distribution
 
@@ -68,7 +92,10 @@ def sample(
         positions = positions[:, -1:] + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         inputs = next_token.unsqueeze(1)
-    return Samples(torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropies, 1))
+    responses = torch.stack(tokens, 1)
+    return Samples(
+        responses, response_mask(responses, stop_token_id), torch.stack(logprobs, 1), torch.stack(entropies, 1)
+    )
 
 
 def sequence_mask(query_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

@@ -29,12 +29,19 @@ from pipeline.ppo.core import (
     masked_mean,
     masked_whiten,
     policy_loss,
-    response_mask,
     token_rewards,
     value_loss,
 )
 from pipeline.ppo.kl import AdaptiveKLController, FixedKLController
-from pipeline.ppo.rollout import response_logprobs, response_values, sample, sequence_rewards
+from pipeline.ppo.rollout import (
+    decode,
+    encode_prompts,
+    left_pad,
+    response_logprobs,
+    response_values,
+    sample,
+    sequence_rewards,
+)
 
 logger = logging.getLogger(__name__)
 LOG_FILE = "log.jsonl"
@@ -57,11 +64,10 @@ class Rollout:
         return Rollout(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
 
 
-def left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.tensor([[pad_token_id] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
+def lm_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """A language-modelling batch of plain texts: padding is no label."""
+    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    return {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
 
 
 class PPOTrainer:
@@ -84,12 +90,7 @@ class PPOTrainer:
         self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
         self.prompts, self.gold_fn, self.work = prompts, gold_fn, work
         self.ref_policy, self.reward_model, self.reward_stats = ref_policy, reward_model, reward_stats
-        self.query_ids = [
-            tokenizer(
-                tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False), add_special_tokens=False
-            )["input_ids"]
-            for p in prompts
-        ]
+        self.query_ids = encode_prompts(tokenizer, prompts)
         self.stop_token_id = tokenizer.eos_token_id if args.stop_token == "eos" else None
 
         # Batch sizes, TRL's meaning: a mini-batch is per_device x accumulation; a rollout is num_mini_batches of them
@@ -132,28 +133,23 @@ class PPOTrainer:
     # Data: a fixed stream of prompt indices (a fresh permutation per pass), so a step's batch depends only on the step
     def _batch_indices(self, step: int) -> list[int]:
         start = step * self.batch_size + self.accelerator.process_index * self.local_batch_size
+        orders: dict[int, list[int]] = {}
         indices = []
         for episode in range(start, start + self.local_batch_size):
             epoch, offset = divmod(episode, len(self.prompts))
-            order = torch.randperm(len(self.prompts), generator=torch.Generator().manual_seed(self.args.seed + epoch))
-            indices.append(int(order[offset]))
+            if epoch not in orders:
+                seeded = torch.Generator().manual_seed(self.args.seed + epoch)
+                orders[epoch] = torch.randperm(len(self.prompts), generator=seeded).tolist()
+            indices.append(orders[epoch][offset])
         return indices
 
     def _ptx_batches(self, texts: list[str]) -> list[dict[str, torch.Tensor]]:
         order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(self.args.seed)).tolist()
         size = self.args.ptx_batch_size
-        batches = []
-        for start in range(0, len(order) - size + 1, size):
-            batch = self.tokenizer(
-                [texts[i] for i in order[start : start + size]],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.args.ptx_max_length,
-            )
-            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-            batches.append({**batch, "labels": labels})
-        return batches
+        return [
+            lm_batch(self.tokenizer, [texts[i] for i in order[start : start + size]], self.args.ptx_max_length)
+            for start in range(0, len(order) - size + 1, size)
+        ]
 
     def _ptx_loss(self) -> torch.Tensor:
         batch = self.ptx_batches[self.ptx_position % len(self.ptx_batches)]
@@ -188,8 +184,7 @@ class PPOTrainer:
             samples = sample(
                 policy, q, qm, args.response_length, args.temperature, self.stop_token_id, pad, self.generator
             )
-            mask = response_mask(samples.responses, self.stop_token_id)
-            responses = samples.responses.masked_fill(mask == 0, pad)
+            responses, mask = samples.responses, samples.mask
             reference, disabled = self.reference()
             with disabled:
                 ref_logprobs, _ = response_logprobs(reference, q, qm, responses, mask, args.temperature)
@@ -214,16 +209,11 @@ class PPOTrainer:
         batch = {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
         mask = batch["mask"]
 
-        has_stop = (batch["responses"] == self.stop_token_id).any(1) if self.stop_token_id is not None else None
+        texts, finished = decode(self.tokenizer, batch["responses"], mask, self.stop_token_id)
+        has_stop = torch.tensor(finished, device=device)
         gold = None
         if self.gold_fn is not None:
-            texts = self.tokenizer.batch_decode(
-                [r[: int(n)] for r, n in zip(batch["responses"], mask.sum(1), strict=True)],
-                skip_special_tokens=True,
-            )
-            finished = has_stop.tolist() if has_stop is not None else [False] * len(texts)
-            gold = self.gold_fn([self.prompts[i] for i in indices], [t.strip() for t in texts], finished)
-            gold = torch.tensor(gold, device=device)
+            gold = torch.tensor(self.gold_fn([self.prompts[i] for i in indices], texts, finished), device=device)
 
         # Rewards: the (normalised) RM score at the last token, minus the KL penalty on every token
         raw_scores = batch["scores"]
@@ -232,7 +222,7 @@ class PPOTrainer:
             scores = (scores - self.reward_stats[0]) / self.reward_stats[1]
         if args.gold_reward_scale:
             scores = args.gold_reward_scale * gold
-        if args.missing_eos_penalty is not None and has_stop is not None:
+        if args.missing_eos_penalty is not None and self.stop_token_id is not None:
             scores = scores - args.missing_eos_penalty * (~has_stop).float()
         kl = kl_estimate(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator) * mask
         rewards, non_score = token_rewards(scores, kl, mask, self.kl_controller.value)
@@ -249,7 +239,7 @@ class PPOTrainer:
             "objective/rlhf_reward": (scores + non_score.sum(1)).mean().item(),
             "objective/entropy": masked_mean(batch["entropy"], mask).item(),
             "val/response_length": mask.sum(1).mean().item(),
-            "val/eos_fraction": has_stop.float().mean().item() if has_stop is not None else 0.0,
+            "val/eos_fraction": has_stop.float().mean().item(),
         }
         if gold is not None:
             stats["objective/gold"] = gold.mean().item()

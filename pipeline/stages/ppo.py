@@ -129,23 +129,19 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     if peft_config is None:
         ref_policy = _frozen(_load_policy(args.sft_model_path, model_args, args.trust_remote_code))
     else:
-        peft_config.task_type = "CAUSAL_LM"
-        policy = get_peft_model(policy, peft_config)
+        policy = get_peft_model(policy, dataclasses.replace(peft_config, task_type="CAUSAL_LM"))
     reward_model = _frozen(
         _load_scorer(args.reward_model_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)
     )
     value_path = args.value_model_path or args.reward_model_path
-    if peft_config is not None and value_path == args.reward_model_path:
-        value_config = get_peft_config(model_args)
-        value_config.task_type = "SEQ_CLS"
-        value_model = get_peft_model(reward_model.requires_grad_(True), value_config)
-        reward_model = None
-    else:
-        value_model = _load_scorer(value_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)
-        if peft_config is not None:
-            value_config = get_peft_config(model_args)
-            value_config.task_type = "SEQ_CLS"
-            value_model = get_peft_model(value_model, value_config)
+    shared = peft_config is not None and value_path == args.reward_model_path
+    value_model = (
+        reward_model if shared else _load_scorer(value_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)
+    )
+    if peft_config is not None:
+        value_model = get_peft_model(value_model, dataclasses.replace(peft_config, task_type="SEQ_CLS"))
+    if shared:
+        reward_model = None  # the value model with its adapter disabled
     value_model = _without_dropout(value_model)
     if ref_policy is not None:
         ref_policy.to(accelerator.device)

@@ -38,6 +38,12 @@ def start(output_dir: str | Path, stage: str, recipe: dict[str, Any]) -> tuple[P
     return work, False
 
 
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """One JSON object per line."""
+    with Path(path).open("w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
 def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> None:
     """metrics.json, replaced atomically (a reader never sees half a file)."""
     partial = Path(folder, METRICS_FILE + ".partial")

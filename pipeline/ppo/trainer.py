@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,12 +79,12 @@ class PPOTrainer:
         policy: PreTrainedModel,
         value_model: PreTrainedModel,
         prompts: list[list[dict]],
+        work: Path,
         ref_policy: PreTrainedModel | None = None,
         reward_model: PreTrainedModel | None = None,
         reward_stats: tuple[float, float] | None = None,
         ptx_texts: list[str] | None = None,
         gold_fn: GoldFn | None = None,
-        work: Path | None = None,
     ) -> None:
         """`ref_policy` None: the LoRA policy with its adapter off; `reward_model` None: likewise the value model."""
         self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
@@ -354,8 +354,8 @@ class PPOTrainer:
             f.write(json.dumps({"step": self.step, **stats}) + "\n")
         self.accelerator.log(stats, step=self.step)
 
-    def steps(self) -> Iterator[dict[str, float]]:
-        """Run the remaining updates, yielding each step's statistics."""
+    def train(self) -> None:
+        """Run the remaining updates, logging each one."""
         bar = tqdm(
             total=self.num_updates,
             initial=self.step,
@@ -382,5 +382,4 @@ class PPOTrainer:
             )
             if save_every and (self.step % save_every == 0) and self.step < self.num_updates:
                 self.save_checkpoint()
-            yield stats
         bar.close()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from statistics import mean
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.generation import generate
+from pipeline.outputs import write_jsonl
 from pipeline.sandbox.judge import gold_components
 from pipeline.sandbox.tasks import parse_prompt, test_prompts
 
@@ -50,7 +50,6 @@ def evaluate_policy(
     completions = generate(model, tokenizer, conversations, max_new_tokens, batch_size)
     rows = score_responses(prompts, [c.text for c in completions], [c.finished for c in completions])
     if samples_dir is not None:
-        with Path(samples_dir, SAMPLES_FILE).open("w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
+        write_jsonl(Path(samples_dir, SAMPLES_FILE), rows)
     tokens = mean(c.num_tokens for c in completions)
     return {**summarize(rows), "gold_num_prompts": len(rows), "response_tokens_mean": tokens}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.outputs import write_jsonl
 from pipeline.sandbox.comparisons import static_comparisons
 from pipeline.sandbox.corpus import (
     PRETRAIN_DOCUMENTS,
@@ -39,11 +39,6 @@ def sandbox_files() -> dict[str, Callable[[], list[dict]]]:
             for split in ("comparison", "ppo", "validation", "test")
         },
     }
-
-
-def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
-    with Path(path).open("w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def ensure_sandbox_data(folder: str | os.PathLike) -> Path:

@@ -22,7 +22,6 @@ from pipeline.data import load_card
 from pipeline.generation import generate
 from pipeline.sandbox import Labeler, bayes_accuracy, parse_prompt
 from pipeline.sandbox.comparisons import contrast_pair, ranked_row
-from pipeline.sandbox.files import write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +81,8 @@ def run(config: LabelConfig, recipe: dict) -> dict:
     random.Random(config.seed + 1).shuffle(train)
 
     # Save: ranked lists, with the judge's scores beside them for the RM evaluation
-    write_jsonl(work / "train.jsonl", train)
-    write_jsonl(work / "test.jsonl", test)
+    outputs.write_jsonl(work / "train.jsonl", train)
+    outputs.write_jsonl(work / "test.jsonl", test)
     metrics = {
         "num_prompts": len(prompts),
         "num_responses": k,

@@ -156,12 +156,12 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         policy,
         value_model,
         prompts,
+        work,
         ref_policy=ref_policy,
         reward_model=reward_model,
         reward_stats=_reward_stats(args),
         ptx_texts=ptx_texts,
         gold_fn=_sandbox_gold if sandbox else None,
-        work=work,
     )
     logger.info(
         "%d updates of %d episodes (%d per process: %d mini-batches of %d per device x %d accumulation)",
@@ -175,8 +175,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     if resume:
         trainer.resume()
     started, first_step = time.monotonic(), trainer.step
-    for _ in trainer.steps():
-        pass
+    trainer.train()
     steps_run = trainer.step - first_step
     train_seconds = time.monotonic() - started
 
@@ -203,9 +202,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         if args.ptx_dataset_card:
             ptx_eval, _ = load_card(args.ptx_dataset_card, args.ptx_eval_split, max_rows=200)
             metrics["ptx_loss"], metrics["ptx_loss_sft"] = ptx_losses(trainer, ptx_eval["text"])
-        samples = metrics.pop("samples", [])
-        with Path(work, SAMPLES_FILE).open("w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in samples)
+        outputs.write_jsonl(work / SAMPLES_FILE, metrics.pop("samples", []))
         accelerator.unwrap_model(trainer.policy).save_pretrained(str(work))
         tokenizer.save_pretrained(str(work))
         outputs.write_metrics(work, metrics)

@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: setup base sft label rm eval-rm ppo ppo-ptx demo test lint clean-demo
+.PHONY: setup base sft label rm eval-rm ppo ppo-ptx demo eval report test lint clean-demo
 
 setup: $(STAMP)
 
@@ -17,48 +17,50 @@ $(STAMP): requirements.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $(STAMP)
 
-# `make base` / `make sft` run the demo recipes; RECIPE=path ARGS="--key value" run any recipe.
+# `make sft` runs the demo chain up to SFT: stages already current are skipped (FORCE=1 reruns them).
+# With RECIPE=path and/or ARGS="--key value" it runs the stage itself (after the chain up to its
+# inputs when RECIPE is unset). $(call stage,NAME,COMMAND,PREVIOUS,DEFAULT_RECIPE)
+define stage
+$(if $(RECIPE)$(ARGS),\
+	$(if $(RECIPE)$(if $(3),,none),,$(PYTHON) -m pipeline demo --until $(3) &&) \
+	$(PYTHON) -m pipeline $(2) --config $(or $(RECIPE),$(4)) $(ARGS),\
+	$(PYTHON) -m pipeline demo --until $(1) $(if $(FORCE),--force))
+endef
+
 base: setup
-	$(PYTHON) -m pipeline base --config $(or $(RECIPE),recipes/sandbox/base/config_demo.yaml) $(ARGS)
+	$(call stage,base,base,,recipes/sandbox/base/config_demo.yaml)
 
-sft: setup $(if $(RECIPE),,$(DEMO)/base/metrics.json)
-	$(PYTHON) -m pipeline sft --config $(or $(RECIPE),recipes/sandbox/sft/config_demo.yaml) $(ARGS)
+sft: setup
+	$(call stage,sft,sft,base,recipes/sandbox/sft/config_demo.yaml)
 
-label: setup $(if $(RECIPE),,$(DEMO)/sft/metrics.json)
-	$(PYTHON) -m pipeline label --config $(or $(RECIPE),recipes/sandbox/label/config_demo.yaml) $(ARGS)
+label: setup
+	$(call stage,label,label,sft,recipes/sandbox/label/config_demo.yaml)
 
-rm: setup $(if $(RECIPE),,$(DEMO)/comparisons/metrics.json)
-	$(PYTHON) -m pipeline rm --config $(or $(RECIPE),recipes/sandbox/rm/config_demo.yaml) $(ARGS)
+rm: setup
+	$(call stage,rm,rm,label,recipes/sandbox/rm/config_demo.yaml)
 
-# `make ppo` / `make ppo-ptx`; RECIPE=recipes/sandbox/ppo/config_lora.yaml for the LoRA policy and value model.
-ppo: setup $(if $(RECIPE),,$(DEMO)/rm/metrics.json)
-	$(PYTHON) -m pipeline ppo --config $(or $(RECIPE),recipes/sandbox/ppo/config_demo.yaml) $(ARGS)
+# RECIPE=recipes/sandbox/ppo/config_lora.yaml for the LoRA policy and value model.
+ppo: setup
+	$(call stage,ppo,ppo,rm,recipes/sandbox/ppo/config_demo.yaml)
 
-ppo-ptx: setup $(if $(RECIPE),,$(DEMO)/rm/metrics.json)
-	$(PYTHON) -m pipeline ppo --config $(or $(RECIPE),recipes/sandbox/ppo/config_ptx.yaml) $(ARGS)
+ppo-ptx: setup
+	$(call stage,ppo-ptx,ppo,rm,recipes/sandbox/ppo/config_ptx.yaml)
 
 # `make eval-rm RUN=outputs/demo/rm_lora`
 eval-rm: setup
 	$(PYTHON) -m pipeline eval-rm $(or $(RUN),$(DEMO)/rm) $(ARGS)
 
-# The demo chain: each stage reruns when its recipe or its input changed.
-$(DEMO)/base/metrics.json: recipes/sandbox/base/config_demo.yaml | $(STAMP)
-	$(PYTHON) -m pipeline base --config $<
+# The demo chain (pipeline/chain.py): a stage reruns when its recipe or an input changed; FORCE=1 reruns all.
+demo: setup
+	$(PYTHON) -m pipeline demo $(if $(FORCE),--force)
 
-$(DEMO)/sft/metrics.json: recipes/sandbox/sft/config_demo.yaml $(DEMO)/base/metrics.json | $(STAMP)
-	$(PYTHON) -m pipeline sft --config $<
+# `make eval POLICIES="sft=outputs/demo/sft ppo=outputs/demo/ppo" RM=outputs/demo/rm`; default: the demo's policies.
+eval: setup
+	$(PYTHON) -m pipeline eval --policies $(or $(POLICIES),$(foreach p,base sft ppo ppo_ptx,$(p)=$(DEMO)/$(p))) \
+		--reward_model $(or $(RM),$(DEMO)/rm) --output_dir $(or $(OUT),$(DEMO)/eval) $(ARGS)
 
-$(DEMO)/comparisons/metrics.json: recipes/sandbox/label/config_demo.yaml $(DEMO)/sft/metrics.json | $(STAMP)
-	$(PYTHON) -m pipeline label --config $<
-
-$(DEMO)/rm/metrics.json: recipes/sandbox/rm/config_demo.yaml $(DEMO)/comparisons/metrics.json | $(STAMP)
-	$(PYTHON) -m pipeline rm --config $<
-
-$(DEMO)/ppo/metrics.json: recipes/sandbox/ppo/config_demo.yaml $(DEMO)/rm/metrics.json | $(STAMP)
-	$(PYTHON) -m pipeline ppo --config $<
-
-demo: $(DEMO)/ppo/metrics.json
-	$(PYTHON) -m pipeline summary $(DEMO)
+report: setup
+	$(PYTHON) -m pipeline report $(or $(RUN),$(DEMO))
 
 test: setup
 	$(PYTHON) -m pytest -q tests

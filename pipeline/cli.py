@@ -1,4 +1,4 @@
-"""`python -m pipeline <stage> --config RECIPE.yaml [--key value ...]`, plus `data`, `eval-rm` and `summary`."""
+"""`python -m pipeline <stage> --config RECIPE.yaml [--key value ...]`, and the commands that take no recipe."""
 
 from __future__ import annotations
 
@@ -6,13 +6,28 @@ import argparse
 import importlib
 import logging
 import sys
+import time
 
+from pipeline import chain
 from pipeline.configs import STAGE_CONFIGS, PipelineError, load_configs, parse_overrides
 
 
 def _run_recipe_stage(stage: str, config: str, overrides: list[str]) -> None:
     configs, recipe = load_configs(stage, config, parse_overrides(overrides))
     importlib.import_module(f"pipeline.stages.{stage}").run(*configs, recipe=recipe)
+
+
+def _demo(force: bool, until: str | None) -> None:
+    started = time.monotonic()
+    steps = chain.demo_steps()
+    rows = chain.run(chain.needed_for(steps, until) if until else steps, force)
+    if until is None:
+        from pipeline import report
+
+        path = report.write(steps[0].output.parent)
+    chain.print_summary(rows, time.monotonic() - started)
+    if until is None:
+        print(f"report: {path}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,8 +48,26 @@ def _parser() -> argparse.ArgumentParser:
     eval_rm.add_argument("--split", help="held-out split (default: the RM recipe's dataset_test_split)")
     eval_rm.add_argument("--data_files")
     eval_rm.add_argument("--max_rows", type=int)
-    summary = stages.add_parser("summary", allow_abbrev=False, help="print a table of the finished stages of a run")
-    summary.add_argument("run_dir", nargs="?", default="outputs/demo")
+    evaluate = stages.add_parser("eval", allow_abbrev=False, help="compare policies on held-out prompts")
+    evaluate.add_argument("--policies", nargs="+", required=True, metavar="NAME=DIR", help="e.g. sft=outputs/demo/sft")
+    evaluate.add_argument("--reward_model", help="an RM output folder: RM scores and RM-judged win-rates")
+    evaluate.add_argument("--reference", help="the policy to measure KL against (default: sft, when given)")
+    evaluate.add_argument("--prompts_card", help="a prompts card (default: the sandbox's test prompts)")
+    evaluate.add_argument("--split", default="test", help="the card's split (default: test)")
+    evaluate.add_argument("--num_prompts", type=int, default=200)
+    evaluate.add_argument("--max_new_tokens", type=int, default=32)
+    evaluate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the KL estimate")
+    evaluate.add_argument("--batch_size", type=int, default=100)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--output_dir", default="outputs/demo/eval")
+    evaluate.add_argument("--trust_remote_code", action="store_true")
+    demo = stages.add_parser("demo", allow_abbrev=False, help="run the sandbox chain, skipping current stages")
+    demo.add_argument("--force", action="store_true", help="rerun every stage")
+    demo.add_argument(
+        "--until", choices=[step.name for step in chain.demo_steps()], help="run only this stage and those it needs"
+    )
+    report = stages.add_parser("report", allow_abbrev=False, help="write report.md with figures for a run folder")
+    report.add_argument("run_dir", nargs="?", default="outputs/demo")
     return parser
 
 
@@ -53,10 +86,19 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.stages import eval_rm
 
             eval_rm.run(args.rm_dir, args.dataset_card, args.split, args.data_files, args.max_rows)
-        elif args.stage == "summary":
-            from pipeline.stages import summary
+        elif args.stage == "eval":
+            from pipeline.stages import eval as evaluation
 
-            summary.run(args.run_dir)
+            policies = evaluation.parse_policies(args.policies)
+            options = {k: v for k, v in vars(args).items() if k not in ("stage", "policies", "reference")}
+            reference = args.reference or ("sft" if "sft" in policies else None)
+            evaluation.run(evaluation.EvalConfig(policies=policies, reference=reference, **options))
+        elif args.stage == "demo":
+            _demo(args.force, args.until)
+        elif args.stage == "report":
+            from pipeline import report
+
+            print(f"report: {report.write(args.run_dir)}")
         else:
             _run_recipe_stage(args.stage, args.config, rest)
     except PipelineError as error:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import torch
+from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -71,3 +75,28 @@ def load_reward_model(model_args: ModelConfig, pad_token_id: int, trust_remote_c
     return _load(
         AutoModelForSequenceClassification, model_args, trust_remote_code, num_labels=1, pad_token_id=pad_token_id
     )
+
+
+def is_adapter(path: str | Path) -> bool:
+    """Whether a model folder holds a PEFT adapter rather than full weights."""
+    return Path(path, "adapter_config.json").is_file()
+
+
+def load_policy(path: str, model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A causal LM from full weights, or from an adapter merged into its base."""
+    if is_adapter(path):
+        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return model.merge_and_unload()
+    return load_causal_lm(dataclasses.replace(model_args, model_name_or_path=path), trust_remote_code)
+
+
+def load_scorer(
+    path: str, model_args: ModelConfig, pad_token_id: int, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """A reward model (or value model) from full weights, or from an adapter merged into its base."""
+    if is_adapter(path):
+        model = AutoPeftModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, pad_token_id=pad_token_id, trust_remote_code=trust_remote_code
+        )
+        return model.merge_and_unload()
+    return load_reward_model(dataclasses.replace(model_args, model_name_or_path=path), pad_token_id, trust_remote_code)

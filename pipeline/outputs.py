@@ -11,6 +11,7 @@ import yaml
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
+LOG_FILE = "log.jsonl"  # one JSON object per logged training step
 # Keys never written to a resolved recipe: they may hold credentials.
 SECRET_KEYS = {"hub_token", "token"}
 

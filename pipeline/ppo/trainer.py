@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from pipeline import outputs
 from pipeline.configs import PPOConfig
 from pipeline.ppo import checkpoint
 from pipeline.ppo.core import (
@@ -44,7 +45,6 @@ from pipeline.ppo.rollout import (
 )
 
 logger = logging.getLogger(__name__)
-LOG_FILE = "log.jsonl"
 # (prompts, responses, finished) -> gold scores: the sandbox judge, logged along the run when given.
 GoldFn = Callable[[list[list[dict]], list[str], list[bool]], list[float]]
 
@@ -340,7 +340,7 @@ class PPOTrainer:
         step, folder = found
         unwrap = self.accelerator.unwrap_model
         self._load_state(checkpoint.load(folder, unwrap(self.policy), unwrap(self.value_model)))
-        log = self.work / LOG_FILE
+        log = self.work / outputs.LOG_FILE
         if log.exists():
             lines = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
             log.write_text("".join(line + "\n" for line in lines))
@@ -350,7 +350,7 @@ class PPOTrainer:
     def _log(self, stats: dict[str, float]) -> None:
         if not self.accelerator.is_main_process:
             return
-        with (self.work / LOG_FILE).open("a") as f:
+        with (self.work / outputs.LOG_FILE).open("a") as f:
             f.write(json.dumps({"step": self.step, **stats}) + "\n")
         self.accelerator.log(stats, step=self.step)
 

@@ -76,6 +76,7 @@ def train_evaluate_save(
     trainer.save_model(str(work))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(work))
+        outputs.write_jsonl(work / outputs.LOG_FILE, trainer.state.log_history)
         outputs.write_metrics(work, metrics)
         outputs.finish(work, output_dir)
         logger.info("wrote %s: %s", output_dir, {k: v for k, v in metrics.items() if not isinstance(v, dict)})

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification, get_peft_model
+from peft import get_peft_model
 from transformers import PreTrainedModel, set_seed
 from trl import ModelConfig, get_peft_config
 
 from pipeline import outputs
 from pipeline.configs import PipelineError, PPOConfig, ScriptArguments
 from pipeline.data import load_card
-from pipeline.models import load_causal_lm, load_reward_model, load_tokenizer
+from pipeline.models import is_adapter, load_policy, load_scorer, load_tokenizer
 from pipeline.ppo.evaluation import compare_to_sft, ptx_losses
 from pipeline.ppo.trainer import PPOTrainer
 from pipeline.sandbox.judge import gold_components
@@ -30,10 +30,6 @@ from pipeline.sandbox.tasks import parse_prompt, test_prompts
 
 logger = logging.getLogger(__name__)
 SAMPLES_FILE = "ppo_samples.jsonl"
-
-
-def _is_adapter(path: str) -> bool:
-    return Path(path, "adapter_config.json").is_file()
 
 
 def _frozen(model: PreTrainedModel) -> PreTrainedModel:
@@ -47,21 +43,6 @@ def _without_dropout(model: PreTrainedModel) -> PreTrainedModel:
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     return model
-
-
-def _load_policy(path: str, model_args: ModelConfig, trust_remote_code: bool) -> PreTrainedModel:
-    if _is_adapter(path):
-        return AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code).merge_and_unload()
-    return load_causal_lm(dataclasses.replace(model_args, model_name_or_path=path), trust_remote_code)
-
-
-def _load_scorer(path: str, model_args: ModelConfig, pad_token_id: int, trust_remote_code: bool) -> PreTrainedModel:
-    if _is_adapter(path):
-        model = AutoPeftModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, pad_token_id=pad_token_id, trust_remote_code=trust_remote_code
-        )
-        return model.merge_and_unload()
-    return load_reward_model(dataclasses.replace(model_args, model_name_or_path=path), pad_token_id, trust_remote_code)
 
 
 def _reward_stats(args: PPOConfig) -> tuple[float, float] | None:
@@ -119,24 +100,24 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         dataclasses.replace(model_args, model_name_or_path=args.sft_model_path), args.trust_remote_code
     )
     peft_config = get_peft_config(model_args)
-    if peft_config is not None and _is_adapter(args.sft_model_path):
+    if peft_config is not None and is_adapter(args.sft_model_path):
         raise PipelineError(
             f"{args.sft_model_path} is a LoRA adapter: a LoRA policy needs full SFT weights to share with its "
             "reference; merge the adapter first, or train the full policy (use_peft: false)"
         )
-    policy = _without_dropout(_load_policy(args.sft_model_path, model_args, args.trust_remote_code))
+    policy = _without_dropout(load_policy(args.sft_model_path, model_args, args.trust_remote_code))
     ref_policy = None
     if peft_config is None:
-        ref_policy = _frozen(_load_policy(args.sft_model_path, model_args, args.trust_remote_code))
+        ref_policy = _frozen(load_policy(args.sft_model_path, model_args, args.trust_remote_code))
     else:
         policy = get_peft_model(policy, dataclasses.replace(peft_config, task_type="CAUSAL_LM"))
     reward_model = _frozen(
-        _load_scorer(args.reward_model_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)
+        load_scorer(args.reward_model_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)
     )
     value_path = args.value_model_path or args.reward_model_path
     shared = peft_config is not None and value_path == args.reward_model_path
     value_model = (
-        reward_model if shared else _load_scorer(value_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)
+        reward_model if shared else load_scorer(value_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)
     )
     if peft_config is not None:
         value_model = get_peft_model(value_model, dataclasses.replace(peft_config, task_type="SEQ_CLS"))

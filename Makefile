@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: setup base sft label rm eval-rm ppo ppo-ptx demo eval report test lint clean-demo
+.PHONY: setup base sft label rm eval-rm ppo ppo-ptx rloo grpo demo eval report test lint clean-demo
 
 setup: $(STAMP)
 
@@ -45,6 +45,13 @@ ppo: setup
 
 ppo-ptx: setup
 	$(call stage,ppo-ptx,ppo,rm,recipes/sandbox/ppo/config_ptx.yaml)
+
+# TRL's RLOOTrainer and GRPOTrainer on the same prompts and reward model.
+rloo: setup
+	$(call stage,rloo,rloo,rm,recipes/sandbox/rloo/config_demo.yaml)
+
+grpo: setup
+	$(call stage,grpo,grpo,rm,recipes/sandbox/grpo/config_demo.yaml)
 
 # `make eval-rm RUN=outputs/demo/rm_lora`
 eval-rm: setup

@@ -8,11 +8,10 @@ interrupted stage resumes from its last checkpoint when the chain runs again.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +33,17 @@ class Step:
     inputs: tuple[Path, ...] = ()
     # The metric the summary shows for this stage, and its label.
     key_metric: tuple[str, str] | None = None
+    # Run only when asked for by name (`--until`), not as part of the whole chain.
+    optional: bool = False
 
 
 def demo_steps(run_dir: Path = Path("outputs/demo")) -> list[Step]:
-    """base -> SFT -> comparisons -> RM -> PPO and PPO-ptx -> eval, as the demo recipes wire them."""
-    d = {name: run_dir / name for name in ("base", "sft", "comparisons", "rm", "ppo", "ppo_ptx", "eval")}
+    """base -> SFT -> comparisons -> RM -> PPO and PPO-ptx -> eval, as the demo recipes wire them.
+
+    RLOO and GRPO (TRL's trainers on the same RM) are optional steps: `make rloo`, `make grpo`.
+    """
+    names = ("base", "sft", "comparisons", "rm", "ppo", "ppo_ptx", "rloo", "grpo", "eval")
+    d = {name: run_dir / name for name in names}
 
     def recipe(stage: str, variant: str = "demo") -> tuple[str, ...]:
         return (stage, "--config", str(RECIPES / stage / f"config_{variant}.yaml"))
@@ -57,6 +62,8 @@ def demo_steps(run_dir: Path = Path("outputs/demo")) -> list[Step]:
             (d["sft"], d["rm"]),
             ("gold_win_rate_vs_sft", "gold win vs SFT"),
         ),
+        Step("rloo", recipe("rloo"), d["rloo"], (d["sft"], d["rm"]), ("gold_mean", "gold"), optional=True),
+        Step("grpo", recipe("grpo"), d["grpo"], (d["sft"], d["rm"]), ("gold_mean", "gold"), optional=True),
         Step(
             "eval",
             ("eval", "--policies", *policies, "--reward_model", str(d["rm"]), "--output_dir", str(d["eval"])),
@@ -105,9 +112,15 @@ def is_current(step: Step) -> bool:
 
 
 def run_step(step: Step) -> float:
-    """Run one stage in its own process (progress bars pass through); its wall time in seconds."""
+    """Run one stage as `python -m pipeline <argv>` would; its wall time in seconds.
+
+    In this process, not a new one: importing torch, transformers and TRL costs ~9 s per process here.
+    """
+    from pipeline.cli import main  # the CLI imports this module
+
     started = time.monotonic()
-    code = subprocess.call([sys.executable, "-m", "pipeline", *step.argv])
+    code = main(list(step.argv))
+    gc.collect()
     if code != 0:
         raise PipelineError(f"stage {step.name} failed (exit code {code}); run the chain again to continue from it")
     seconds = time.monotonic() - started

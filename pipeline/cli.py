@@ -11,16 +11,19 @@ import time
 from pipeline import chain
 from pipeline.configs import STAGE_CONFIGS, PipelineError, load_configs, parse_overrides
 
+# Stages whose code lives in a module of another name.
+STAGE_MODULES = {"rloo": "online_rl", "grpo": "online_rl"}
+
 
 def _run_recipe_stage(stage: str, config: str, overrides: list[str]) -> None:
     configs, recipe = load_configs(stage, config, parse_overrides(overrides))
-    importlib.import_module(f"pipeline.stages.{stage}").run(*configs, recipe=recipe)
+    importlib.import_module(f"pipeline.stages.{STAGE_MODULES.get(stage, stage)}").run(*configs, recipe=recipe)
 
 
 def _demo(force: bool, until: str | None) -> None:
     started = time.monotonic()
     steps = chain.demo_steps()
-    rows = chain.run(chain.needed_for(steps, until) if until else steps, force)
+    rows = chain.run(chain.needed_for(steps, until) if until else [s for s in steps if not s.optional], force)
     if until is None:
         from pipeline import report
 

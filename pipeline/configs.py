@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 from transformers import TrainingArguments
-from trl import ModelConfig, RewardConfig, SFTConfig
+from trl import GRPOConfig, ModelConfig, RewardConfig, RLOOConfig, SFTConfig
 
 
 class PipelineError(Exception):
@@ -151,12 +151,21 @@ class PPOConfig(TrainingArguments):
             raise ValueError(f"PPO samples its rollouts: temperature must be > 0, got {self.temperature}")
 
 
+@dataclass
+class RewardModelArguments:
+    """The reward function of TRL's online trainers (RLOO, GRPO): our reward model."""
+
+    reward_model_path: str = field(metadata={"help": "The reward model folder (full or LoRA)."})
+
+
 STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "base": (ScriptArguments, TinyModelConfig, SFTConfig),
     "sft": (ScriptArguments, ModelConfig, SFTConfig),
     "label": (LabelConfig,),
     "rm": (ScriptArguments, ModelConfig, RewardConfig),
     "ppo": (ScriptArguments, ModelConfig, PPOConfig),
+    "rloo": (ScriptArguments, ModelConfig, RewardModelArguments, RLOOConfig),
+    "grpo": (ScriptArguments, ModelConfig, RewardModelArguments, GRPOConfig),
 }
 
 # Values no run can use; TrainingArguments itself accepts most of them silently.

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -17,8 +18,11 @@ from pipeline.stages.eval import REPORT_FILE as EVAL_REPORT  # noqa: E402
 
 REPORT_FILE = "report.md"
 FIGURES = "figures"
-STAGES = ("base", "sft", "comparisons", "rm", "ppo", "ppo_ptx", "eval")
-PPO_RUNS = {"ppo": "PPO", "ppo_ptx": "PPO-ptx"}
+STAGES = ("base", "sft", "comparisons", "rm", "ppo", "ppo_ptx", "rloo", "grpo", "eval")
+RL_RUNS = {"ppo": "PPO", "ppo_ptx": "PPO-ptx", "rloo": "RLOO (TRL)", "grpo": "GRPO (TRL)"}
+# Our PPO log's keys, and TRL's RLOO/GRPO log keys, for the same quantities of a rollout batch.
+PPO_KEYS = {"score": "objective/scores", "gold": "objective/gold", "entropy": "objective/entropy"}
+TRL_KEYS = {"score": "rewards/rm/mean", "gold": "rewards/gold/mean", "entropy": "entropy"}
 
 
 def _log(folder: Path) -> list[dict]:
@@ -54,48 +58,81 @@ def training_curves(run_dir: Path, figures: Path) -> str | None:
     return _save(figure, figures / "training_curves.png")
 
 
-def ppo_curves(run_dir: Path, figures: Path) -> str | None:
-    """RM score, KL, entropy and gold score of the rollouts, by episode."""
-    logs = {label: _log(run_dir / name) for name, label in PPO_RUNS.items() if _log(run_dir / name)}
-    if not logs:
+def rl_runs(run_dir: Path) -> dict[str, list[dict]]:
+    """Each RL run's rollout statistics by episode: score (RM), gold, entropy and, for PPO, KL to SFT."""
+    runs = {}
+    for name, label in RL_RUNS.items():
+        rows = _log(run_dir / name)
+        if name.startswith("ppo"):
+            runs[label] = [
+                {"episodes": r["episodes"], "kl": r["objective/kl"], **{k: r.get(v) for k, v in PPO_KEYS.items()}}
+                for r in rows
+            ]
+            continue
+        recipe = yaml.safe_load((run_dir / name / outputs.RECIPE_FILE).read_text()) if rows else {}
+        # TRL counts optimiser steps; each rollout sample is used num_iterations times.
+        per_step = recipe.get("per_device_train_batch_size", 1) / recipe.get("num_iterations", 1)
+        runs[label] = [
+            {"episodes": r["step"] * per_step, **{k: r.get(v) for k, v in TRL_KEYS.items()}}
+            for r in rows
+            if TRL_KEYS["score"] in r
+        ]
+    return {label: rows for label, rows in runs.items() if rows}
+
+
+def rl_curves(runs: dict[str, list[dict]], figures: Path) -> str | None:
+    """RM score, gold score, entropy and (PPO) KL of the rollouts, by episode."""
+    if not runs:
         return None
     panels = [
-        ("objective/scores", "RM score (raw)"),
-        ("objective/kl", "KL to SFT (nats / response)"),
-        ("objective/entropy", "entropy (nats / token)"),
-        ("objective/gold", "gold score (sandbox judge)"),
+        ("score", "reward-model score (raw)"),
+        ("gold", "gold score (sandbox judge)"),
+        ("entropy", "entropy (nats / token)"),
+        ("kl", "PPO: KL to SFT (nats / response)"),
     ]
     figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for ax, (key, title) in zip(axes, panels, strict=True):
-        for label, rows in logs.items():
-            ax.plot([r["episodes"] for r in rows if key in r], [r[key] for r in rows if key in r], label=label)
+        for label, rows in runs.items():
+            rows = [r for r in rows if r.get(key) is not None]
+            if rows:
+                ax.plot([r["episodes"] for r in rows], [r[key] for r in rows], label=label)
         ax.set(title=title, xlabel="episodes")
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(figure, figures / "ppo_training.png")
+    return _save(figure, figures / "rl_training.png")
 
 
-def reward_vs_kl(run_dir: Path, figures: Path) -> str | None:
-    """Proxy (RM) and gold score against the KL spent, along each PPO run (Gao et al. 2022)."""
-    logs = {label: _log(run_dir / name) for name, label in PPO_RUNS.items() if _log(run_dir / name)}
-    if not logs:
+def reward_vs_kl(runs: dict[str, list[dict]], evaluation: dict, figures: Path) -> str | None:
+    """Proxy (RM) and gold score against the KL spent (Gao et al. 2022): along each PPO run, and every
+    evaluated policy's end point (greedy scores; KL sampled, measured the same way for all)."""
+    ppo = {label: [r for r in rows if "kl" in r] for label, rows in runs.items() if label.startswith("PPO")}
+    ends = {n: p for n, p in evaluation.get("policies", {}).items() if p.get("kl_to_reference") is not None}
+    if not ppo and not ends:
         return None
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (key, title) in zip(
-        axes, (("objective/scores", "Proxy: reward-model score"), ("objective/gold", "Gold score")), strict=True
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, (key, end_key, title) in zip(
+        axes,
+        (("score", "rm_score_mean", "Proxy: reward-model score"), ("gold", "gold_mean", "Gold score")),
+        strict=True,
     ):
-        for label, rows in logs.items():
-            rows = [r for r in rows if key in r]
-            ax.plot([max(r["objective/kl"], 0.0) ** 0.5 for r in rows], [r[key] for r in rows], marker=".", label=label)
-        ax.set(title=title, xlabel="sqrt(KL to SFT), KL in nats per response", ylabel="mean over the rollout batch")
+        for label, rows in ppo.items():
+            xs = [max(r["kl"], 0.0) ** 0.5 for r in rows]
+            ax.plot(xs, [r[key] for r in rows], marker=".", alpha=0.7, label=f"{label} rollouts (sampled)")
+        for name, policy in ends.items():
+            if policy.get(end_key) is not None and name != "base":
+                x = max(policy["kl_to_reference"], 0.0) ** 0.5
+                ax.scatter([x], [policy[end_key]], marker="*", s=160, zorder=3, label=f"{name} (held-out, greedy)")
+        ax.set(title=title, xlabel="sqrt(KL to SFT), KL in nats per response", ylabel="mean score")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     return _save(figure, figures / "reward_vs_kl.png")
 
 
 def gold_by_family(evaluation: dict, figures: Path) -> str | None:
     """Grouped bars: gold per task family for every evaluated policy."""
-    policies = {n: p["gold_by_family"] for n, p in evaluation.get("policies", {}).items() if "gold_by_family" in p}
+    found = evaluation.get("policies", {})
+    names = evaluation.get("names", list(found))
+    policies = {n: found[n]["gold_by_family"] for n in names if "gold_by_family" in found[n]}
     if not policies:
         return None
     families = sorted(next(iter(policies.values())))
@@ -107,8 +144,32 @@ def gold_by_family(evaluation: dict, figures: Path) -> str | None:
     ax.set_xticks(range(len(families)), families)
     ax.set(ylim=(0, 1.05), ylabel="mean gold score (greedy)", title="Gold score per task family, held-out prompts")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(ncols=len(policies), loc="lower right", fontsize="small")
+    ax.legend(ncols=len(policies), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     return _save(figure, figures / "gold_by_family.png")
+
+
+def _headline(evaluation: dict) -> list[str]:
+    """One line per policy: gold, and its win-rates against the reference and the rule baseline."""
+    reference, policies = evaluation.get("reference"), evaluation.get("policies", {})
+    wins = evaluation.get("gold_win_rate", {})
+    if reference is None or "gold_mean" not in policies.get(reference, {}):
+        return []
+    lines = [
+        f"On {evaluation['prompts']} held-out prompts, greedy decoding; gold = the sandbox judge "
+        f"(0.5 correctness + 0.5 style). {reference}: gold {policies[reference]['gold_mean']:.3f}.",
+        "",
+    ]
+    for name in evaluation.get("names", list(policies)):
+        policy = policies[name]
+        if name in (reference, "rule", "base") or "gold_mean" not in policy:
+            continue
+        lines.append(
+            f"- **{name}**: gold {policy['gold_mean']:.3f} (correctness {policy['gold_correctness']:.3f}, "
+            f"style {policy['gold_style']:.3f}); wins {wins[name][reference]:.3f} of comparisons with "
+            f"{reference} and {wins[name].get('rule', float('nan')):.3f} with the rule baseline; "
+            f"KL to {reference} {policy['kl_to_reference']:.2f} nats"
+        )
+    return lines
 
 
 def _stage_table(run_dir: Path) -> list[str]:
@@ -127,11 +188,16 @@ def write(run_dir: str | Path) -> Path:
     figures = run_dir / FIGURES
     figures.mkdir(parents=True, exist_ok=True)
     evaluation = _json(run_dir / "eval" / outputs.METRICS_FILE)
-    lines = [f"# RLHF demo report: `{run_dir}`", "", "## Stages", "", *_stage_table(run_dir)]
+    lines = [f"# RLHF demo report: `{run_dir}`", ""]
+    headline = _headline(evaluation)
+    if headline:
+        lines += ["## Headline", "", *headline, ""]
+    lines += ["## Stages", "", *_stage_table(run_dir)]
+    runs = rl_runs(run_dir)
     sections = (
         ("Training curves", training_curves(run_dir, figures)),
-        ("PPO along the run (rollout batches)", ppo_curves(run_dir, figures)),
-        ("Reward vs KL: the proxy and the gold score", reward_vs_kl(run_dir, figures)),
+        ("RL along the run (rollout batches)", rl_curves(runs, figures)),
+        ("Reward vs KL: the proxy and the gold score", reward_vs_kl(runs, evaluation, figures)),
         ("Gold per task family", gold_by_family(evaluation, figures)),
     )
     for title, figure in sections:

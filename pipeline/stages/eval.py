@@ -121,8 +121,9 @@ def _win_rates(scores: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {a: {b: win_rate(scores[a], scores[b]) for b in scores if b != a} for a in scores}
 
 
-def _markdown(metrics: dict, samples: list[dict], names: list[str]) -> str:
-    policies = metrics["policies"]
+def _markdown(metrics: dict, samples: list[dict]) -> str:
+    names = metrics["names"]
+    policies = {name: metrics["policies"][name] for name in names}
     columns = [
         ("gold", "gold_mean"),
         ("correctness", "gold_correctness"),
@@ -145,7 +146,7 @@ def _markdown(metrics: dict, samples: list[dict], names: list[str]) -> str:
         table = metrics.get(key)
         if not table:
             continue
-        order = list(table)
+        order = [name for name in names if name in table]
         lines += ["", f"## {title} (row beats column, ties half)", ""]
         lines += ["| | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
         lines += [f"| {a} | " + " | ".join(cell(table[a].get(b)) for b in order) + " |" for a in order]
@@ -235,9 +236,10 @@ def run(config: EvalConfig) -> dict:
             for row, score in zip(samples, a.rm, strict=True):
                 row[f"rm_{name}"] = score
 
+    # metrics.json sorts its keys; this keeps the order the policies were given in
+    metrics["names"] = names + ([RULE] if RULE in policies else [])
     outputs.write_jsonl(work / SAMPLES_FILE, samples)
-    columns = names + ([RULE] if RULE in policies else [])
-    (work / REPORT_FILE).write_text(_markdown(metrics, samples, columns))
+    (work / REPORT_FILE).write_text(_markdown(metrics, samples))
     outputs.write_metrics(work, metrics)
     outputs.finish(work, config.output_dir)
     print((Path(config.output_dir) / REPORT_FILE).read_text())

@@ -1,0 +1,82 @@
+"""RLOO and GRPO with TRL's own trainers, on the same prompts and reward model as our PPO.
+
+Both sample several responses per prompt and use the others' rewards as the baseline, so they need
+no value model. The reward model is their reward function; in the sandbox the gold judge rides along
+with weight 0, so its score is logged (`rewards/gold/mean`) without steering the training.
+"""
+
+from __future__ import annotations
+
+from transformers import set_seed
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
+
+from pipeline import outputs
+from pipeline.configs import PipelineError, RewardModelArguments, ScriptArguments
+from pipeline.data import load_card
+from pipeline.models import load_causal_lm, load_scorer, load_tokenizer
+from pipeline.sandbox.judge import gold_components
+from pipeline.sandbox.tasks import parse_prompt
+from pipeline.stages.common import train_evaluate_save
+
+
+def _gold_reward(eos_token_id: int):
+    """The sandbox judge as a TRL reward function (conversational prompts and completions)."""
+
+    def gold(prompts: list[list[dict]], completions: list[list[dict]], completion_ids: list[list[int]], **_) -> list:
+        return [
+            gold_components(p[-1]["content"], c[0]["content"], eos_token_id in ids)["gold"]
+            for p, c, ids in zip(prompts, completions, completion_ids, strict=True)
+        ]
+
+    return gold
+
+
+TRAINERS = {RLOOConfig: ("rloo", RLOOTrainer), GRPOConfig: ("grpo", GRPOTrainer)}
+
+
+def run(
+    script_args: ScriptArguments,
+    model_args: ModelConfig,
+    reward_args: RewardModelArguments,
+    training_args: RLOOConfig | GRPOConfig,
+    recipe: dict,
+) -> dict:
+    stage, trainer_class = TRAINERS[type(training_args)]
+    # Output folder: work happens in <output_dir>.partial, resumed when the recipe is unchanged
+    output_dir = training_args.output_dir
+    work, resume = outputs.start(output_dir, stage, recipe)
+    training_args.output_dir = str(work)
+
+    # Data: the prompts only (TRL passes any other column to the reward functions)
+    prompts, _ = load_card(
+        script_args.dataset_card, script_args.dataset_train_split, script_args.data_files, script_args.max_train_samples
+    )
+    if "prompt" not in prompts.column_names:
+        raise PipelineError(f"{script_args.dataset_card}: the {stage} stage needs a prompts card (a prompt column)")
+    prompts = prompts.select_columns(["prompt"])
+    sandbox = all(parse_prompt(p[-1]["content"]) is not None for p in prompts["prompt"])
+
+    # Models: the SFT policy (full or LoRA) and the frozen reward model, plus the gold judge in the sandbox
+    tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
+    set_seed(training_args.seed)
+    policy = load_causal_lm(model_args, training_args.trust_remote_code)
+    reward_model = load_scorer(
+        reward_args.reward_model_path, model_args, tokenizer.pad_token_id, training_args.trust_remote_code
+    )
+    reward_funcs, reward_tokenizers = [reward_model], [tokenizer]
+    if sandbox:
+        reward_funcs.append(_gold_reward(tokenizer.eos_token_id))
+        reward_tokenizers.append(None)
+        training_args.reward_weights = [1.0, 0.0]
+
+    # Train, evaluate, save
+    trainer = trainer_class(
+        model=policy,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        reward_processing_classes=reward_tokenizers,
+        peft_config=get_peft_config(model_args),
+    )
+    return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir)

@@ -1,0 +1,60 @@
+"""report.md and its figures, from the files the stages write."""
+
+import json
+import math
+
+import matplotlib.image
+
+from pipeline import report
+
+
+def _jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _run(tmp_path, with_ppo=True):
+    for stage in ("base", "sft", "rm"):
+        rows = [
+            {"loss": 2.0 / s, "step": s, **({"accuracy": 0.5 + s / 100} if stage == "rm" else {})} for s in (1, 2, 3)
+        ]
+        _jsonl(tmp_path / stage / "log.jsonl", rows + [{"train_runtime": 1.0, "step": 3}])
+        (tmp_path / stage / "metrics.json").write_text("{}")
+        (tmp_path / stage / "chain.json").write_text(json.dumps({"fingerprint": "x", "seconds": 12.4}))
+    if with_ppo:
+        for stage in ("ppo", "ppo_ptx"):
+            rows = [
+                {
+                    "episodes": 64 * s,
+                    "objective/scores": s / 4,
+                    "objective/kl": s / 10,
+                    "objective/entropy": 0.5,
+                    "objective/gold": 0.6 + math.log(s) / 20,
+                }
+                for s in range(1, 9)
+            ]
+            _jsonl(tmp_path / stage / "log.jsonl", rows)
+    families = {"add": 0.4, "count": 0.9}
+    policies = {"sft": {"gold_by_family": families}, "ppo": {"gold_by_family": families}}
+    evaluation = {"policies": policies, "names": ["sft", "ppo"]}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(evaluation))
+    (tmp_path / "eval" / "eval.md").write_text("# Evaluation on 2 prompts\n\n## Samples\n\n| prompt |\n")
+    return tmp_path
+
+
+def test_report_links_every_figure_and_the_evaluation(tmp_path):
+    path = report.write(_run(tmp_path))
+    text = path.read_text()
+    assert path == tmp_path / "report.md" and not (tmp_path / "report.md.partial").exists()
+    figures = ["training_curves", "rl_training", "reward_vs_kl", "gold_by_family"]
+    for name in figures:
+        assert f"(figures/{name}.png)" in text
+        height, width, _ = matplotlib.image.imread(tmp_path / "figures" / f"{name}.png").shape
+        assert width > 600 and height > 300
+    assert "| sft | 12 s |" in text and "## Evaluation on 2 prompts" in text and "### Samples" in text
+
+
+def test_report_leaves_out_what_was_not_run(tmp_path):
+    text = report.write(_run(tmp_path, with_ppo=False)).read_text()
+    assert "training_curves.png" in text and "rl_training.png" not in text and "reward_vs_kl" not in text

@@ -20,9 +20,9 @@ REPORT_FILE = "report.md"
 FIGURES = "figures"
 STAGES = ("base", "sft", "comparisons", "rm", "ppo", "ppo_ptx", "rloo", "grpo", "eval")
 RL_RUNS = {"ppo": "PPO", "ppo_ptx": "PPO-ptx", "rloo": "RLOO (TRL)", "grpo": "GRPO (TRL)"}
-# Our PPO log's keys, and TRL's RLOO/GRPO log keys, for the same quantities of a rollout batch.
+# Our PPO log's keys, and those of TRL's RLOO/GRPO logs (`reward`: the RM alone, the gold judge weighs 0).
 PPO_KEYS = {"score": "objective/scores", "gold": "objective/gold", "entropy": "objective/entropy"}
-TRL_KEYS = {"score": "rewards/rm/mean", "gold": "rewards/gold/mean", "entropy": "entropy"}
+TRL_KEYS = {"score": "reward", "gold": "rewards/gold/mean", "entropy": "entropy"}
 
 
 def _log(folder: Path) -> list[dict]:

@@ -61,10 +61,12 @@ eval-rm: setup
 demo: setup
 	$(PYTHON) -m pipeline demo $(if $(FORCE),--force)
 
-# `make eval POLICIES="sft=outputs/demo/sft ppo=outputs/demo/ppo" RM=outputs/demo/rm`; default: the demo's policies.
+# `make eval POLICIES="sft=outputs/demo/sft ppo=outputs/demo/ppo" REWARD_MODEL=outputs/demo/rm`; by default every
+# finished policy of the demo (RLOO and GRPO too after `make rloo` / `make grpo`); then `make report`.
+DEMO_POLICIES = $(foreach p,base sft ppo ppo_ptx rloo grpo,$(if $(wildcard $(DEMO)/$(p)/metrics.json),$(p)=$(DEMO)/$(p)))
 eval: setup
-	$(PYTHON) -m pipeline eval --policies $(or $(POLICIES),$(foreach p,base sft ppo ppo_ptx,$(p)=$(DEMO)/$(p))) \
-		--reward_model $(or $(RM),$(DEMO)/rm) --output_dir $(or $(OUT),$(DEMO)/eval) $(ARGS)
+	$(PYTHON) -m pipeline eval --policies $(or $(POLICIES),$(DEMO_POLICIES)) \
+		--reward_model $(or $(REWARD_MODEL),$(DEMO)/rm) --output_dir $(or $(OUT),$(DEMO)/eval) $(ARGS)
 
 report: setup
 	$(PYTHON) -m pipeline report $(or $(RUN),$(DEMO))

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline import outputs  # noqa: E402
-from pipeline.chain import CHAIN_FILE  # noqa: E402
+from pipeline.chain import CHAIN_FILE, demo_steps, is_current  # noqa: E402
 from pipeline.stages.eval import REPORT_FILE as EVAL_REPORT  # noqa: E402
 
 REPORT_FILE = "report.md"
@@ -58,11 +58,11 @@ def training_curves(run_dir: Path, figures: Path) -> str | None:
     return _save(figure, figures / "training_curves.png")
 
 
-def rl_runs(run_dir: Path) -> dict[str, list[dict]]:
+def rl_runs(run_dir: Path, skip: set[str] = frozenset()) -> dict[str, list[dict]]:
     """Each RL run's rollout statistics by episode: score (RM), gold, entropy and, for PPO, KL to SFT."""
     runs = {}
     for name, label in RL_RUNS.items():
-        rows = _log(run_dir / name)
+        rows = [] if name in skip else _log(run_dir / name)
         if name.startswith("ppo"):
             runs[label] = [
                 {"episodes": r["episodes"], "kl": r["objective/kl"], **{k: r.get(v) for k, v in PPO_KEYS.items()}}
@@ -172,13 +172,29 @@ def _headline(evaluation: dict) -> list[str]:
     return lines
 
 
-def _stage_table(run_dir: Path) -> list[str]:
-    lines = ["| stage | wall time | outputs |", "|---|---|---|"]
+def stage_status(run_dir: Path) -> dict[str, str]:
+    """Each finished stage folder's standing: current, stale (an input changed since), or made outside the chain."""
+    steps = {step.output.name: step for step in demo_steps(run_dir)}
+    status = {}
     for name in STAGES:
-        if (run_dir / name / outputs.METRICS_FILE).is_file():
-            seconds = _json(run_dir / name / CHAIN_FILE).get("seconds")
-            wall = f"{seconds:.0f} s" if seconds is not None else "-"
-            lines.append(f"| {name} | {wall} | `{run_dir / name}` |")
+        if not (run_dir / name / outputs.METRICS_FILE).is_file():
+            continue
+        step = steps.get(name)
+        if step is None or not (run_dir / name / CHAIN_FILE).is_file():
+            status[name] = "made outside the chain"
+        elif all((folder / outputs.METRICS_FILE).is_file() for folder in step.inputs) and is_current(step):
+            status[name] = "current"
+        else:
+            status[name] = "stale: an input changed since"
+    return status
+
+
+def _stage_table(run_dir: Path, status: dict[str, str]) -> list[str]:
+    lines = ["| stage | wall time | status | outputs |", "|---|---|---|---|"]
+    for name, standing in status.items():
+        seconds = _json(run_dir / name / CHAIN_FILE).get("seconds")
+        wall = f"{seconds:.0f} s" if seconds is not None else "-"
+        lines.append(f"| {name} | {wall} | {standing} | `{run_dir / name}` |")
     return lines
 
 
@@ -192,8 +208,9 @@ def write(run_dir: str | Path) -> Path:
     headline = _headline(evaluation)
     if headline:
         lines += ["## Headline", "", *headline, ""]
-    lines += ["## Stages", "", *_stage_table(run_dir)]
-    runs = rl_runs(run_dir)
+    status = stage_status(run_dir)
+    lines += ["## Stages", "", *_stage_table(run_dir, status)]
+    runs = rl_runs(run_dir, skip={name for name, standing in status.items() if standing.startswith("stale")})
     sections = (
         ("Training curves", training_curves(run_dir, figures)),
         ("RL along the run (rollout batches)", rl_curves(runs, figures)),

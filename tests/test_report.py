@@ -52,7 +52,11 @@ def test_report_links_every_figure_and_the_evaluation(tmp_path):
         assert f"(figures/{name}.png)" in text
         height, width, _ = matplotlib.image.imread(tmp_path / "figures" / f"{name}.png").shape
         assert width > 600 and height > 300
-    assert "| sft | 12 s |" in text and "## Evaluation on 2 prompts" in text and "### Samples" in text
+    assert (
+        "| sft | 12 s | stale: an input changed since |" in text
+        and "## Evaluation on 2 prompts" in text
+        and "### Samples" in text
+    )
 
 
 def test_report_leaves_out_what_was_not_run(tmp_path):

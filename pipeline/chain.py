@@ -33,14 +33,19 @@ class Step:
     inputs: tuple[Path, ...] = ()
     # The metric the summary shows for this stage, and its label.
     key_metric: tuple[str, str] | None = None
-    # Run only when asked for by name (`--until`), not as part of the whole chain.
+    # Left out of the whole chain until asked for by name (`--until`); kept current once its output exists.
     optional: bool = False
+
+    @property
+    def in_whole_chain(self) -> bool:
+        return not self.optional or (self.output / outputs.METRICS_FILE).is_file()
 
 
 def demo_steps(run_dir: Path = Path("outputs/demo")) -> list[Step]:
     """base -> SFT -> comparisons -> RM -> PPO and PPO-ptx -> eval, as the demo recipes wire them.
 
-    RLOO and GRPO (TRL's trainers on the same RM) are optional steps: `make rloo`, `make grpo`.
+    RLOO and GRPO (TRL's trainers on the same RM) are optional: `make rloo` / `make grpo` run them
+    once; from then on the whole chain keeps them current and evaluates them with the others.
     """
     names = ("base", "sft", "comparisons", "rm", "ppo", "ppo_ptx", "rloo", "grpo", "eval")
     d = {name: run_dir / name for name in names}
@@ -48,7 +53,9 @@ def demo_steps(run_dir: Path = Path("outputs/demo")) -> list[Step]:
     def recipe(stage: str, variant: str = "demo") -> tuple[str, ...]:
         return (stage, "--config", str(RECIPES / stage / f"config_{variant}.yaml"))
 
-    policies = [f"{name}={d[name]}" for name in ("base", "sft", "ppo", "ppo_ptx")]
+    evaluated = ["base", "sft", "ppo", "ppo_ptx"]
+    evaluated += [name for name in ("rloo", "grpo") if (d[name] / outputs.METRICS_FILE).is_file()]
+    policies = [f"{name}={d[name]}" for name in evaluated]
     return [
         Step("base", recipe("base"), d["base"], (), ("eval_loss", "eval loss")),
         Step("sft", recipe("sft"), d["sft"], (d["base"],), ("gold_mean", "gold")),
@@ -68,7 +75,7 @@ def demo_steps(run_dir: Path = Path("outputs/demo")) -> list[Step]:
             "eval",
             ("eval", "--policies", *policies, "--reward_model", str(d["rm"]), "--output_dir", str(d["eval"])),
             d["eval"],
-            (d["base"], d["sft"], d["rm"], d["ppo"], d["ppo_ptx"]),
+            (d["rm"], *(d[name] for name in evaluated)),
         ),
     ]
 

@@ -23,7 +23,7 @@ def _run_recipe_stage(stage: str, config: str, overrides: list[str]) -> None:
 def _demo(force: bool, until: str | None) -> None:
     started = time.monotonic()
     steps = chain.demo_steps()
-    rows = chain.run(chain.needed_for(steps, until) if until else [s for s in steps if not s.optional], force)
+    rows = chain.run(chain.needed_for(steps, until) if until else [s for s in steps if s.in_whole_chain], force)
     if until is None:
         from pipeline import report
 

@@ -57,9 +57,21 @@ def test_until_runs_a_stage_and_only_what_it_reads():
     assert [s.name for s in chain.needed_for(steps, "ppo-ptx")] == ["base", "sft", "label", "rm", "ppo-ptx"]
     assert [s.name for s in chain.needed_for(steps, "sft")] == ["base", "sft"]
     assert [s.name for s in chain.needed_for(steps, "rloo")] == ["base", "sft", "label", "rm", "rloo"]
-    assert [s.name for s in chain.needed_for(steps, "eval")] == [s.name for s in steps if not s.optional]
+    assert [s.name for s in chain.needed_for(steps, "eval")] == [s.name for s in steps if s.in_whole_chain]
     with pytest.raises(PipelineError, match="no stage 'dpo'"):
         chain.needed_for(steps, "dpo")
+
+
+def test_an_optional_stage_joins_the_chain_and_its_evaluation_once_it_has_run(tmp_path):
+    def names(steps):
+        return [s.name for s in steps if s.in_whole_chain]
+
+    before = chain.demo_steps(tmp_path)
+    assert "rloo" not in names(before) and "rloo=" not in " ".join(before[-1].argv)
+    _finished(tmp_path / "rloo", gold_mean=0.8)
+    after = chain.demo_steps(tmp_path)
+    assert names(after) == ["base", "sft", "label", "rm", "ppo", "ppo-ptx", "rloo", "eval"]
+    assert f"rloo={tmp_path / 'rloo'}" in after[-1].argv and tmp_path / "rloo" in after[-1].inputs
 
 
 def test_demo_recipes_read_exactly_the_outputs_the_chain_declares():

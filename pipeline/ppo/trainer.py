@@ -126,7 +126,13 @@ class PPOTrainer:
             else FixedKLController(args.kl_coef)
         )
         self.generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
-        self.ptx_batches = self._ptx_batches(ptx_texts) if ptx_texts else None
+        self.ptx_texts = ptx_texts
+        # A fixed shuffle of the pretraining texts; batch i is tokenised when it is first needed.
+        self.ptx_order = (
+            torch.randperm(len(ptx_texts), generator=torch.Generator().manual_seed(args.seed)).tolist()
+            if ptx_texts
+            else []
+        )
         self.ptx_position = 0
         self.step = 0
 
@@ -143,17 +149,12 @@ class PPOTrainer:
             indices.append(orders[epoch][offset])
         return indices
 
-    def _ptx_batches(self, texts: list[str]) -> list[dict[str, torch.Tensor]]:
-        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(self.args.seed)).tolist()
-        size = self.args.ptx_batch_size
-        return [
-            lm_batch(self.tokenizer, [texts[i] for i in order[start : start + size]], self.args.ptx_max_length)
-            for start in range(0, len(order) - size + 1, size)
-        ]
-
     def _ptx_loss(self) -> torch.Tensor:
-        batch = self.ptx_batches[self.ptx_position % len(self.ptx_batches)]
+        size = self.args.ptx_batch_size
+        start = self.ptx_position % (len(self.ptx_order) // size) * size
         self.ptx_position += 1
+        texts = [self.ptx_texts[i] for i in self.ptx_order[start : start + size]]
+        batch = lm_batch(self.tokenizer, texts, self.args.ptx_max_length)
         return self.policy(**{k: v.to(self.accelerator.device) for k, v in batch.items()}).loss
 
     def reference(self) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
@@ -280,7 +281,7 @@ class PPOTrainer:
                             values, part.values, part.returns, part.mask, args.cliprange_value
                         )
                         loss = pg_loss + args.vf_coef * vf_loss
-                        if self.ptx_batches is not None and args.ptx_coef > 0:
+                        if self.ptx_texts and args.ptx_coef > 0:
                             ptx_loss = self._ptx_loss()
                             loss = loss + args.ptx_coef * ptx_loss
                             collected["loss/ptx"].append(ptx_loss.item())

@@ -93,7 +93,12 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     ptx_texts = None
     if args.ptx_coef > 0:
         ptx_rows, _ = load_card(args.ptx_dataset_card, args.ptx_dataset_split)
-        ptx_texts = ptx_rows["text"]
+        ptx_texts = list(ptx_rows["text"])
+        if len(ptx_texts) < args.ptx_batch_size:
+            raise PipelineError(
+                f"{args.ptx_dataset_card} [{args.ptx_dataset_split}] has {len(ptx_texts)} texts, "
+                f"fewer than ptx_batch_size ({args.ptx_batch_size})"
+            )
 
     # Models: policy and reference from SFT, value model and reward model from the RM
     tokenizer = load_tokenizer(

@@ -20,6 +20,16 @@ REPORT_FILE = "report.md"
 FIGURES = "figures"
 STAGES = ("base", "sft", "comparisons", "rm", "ppo", "ppo_ptx", "rloo", "grpo", "eval")
 RL_RUNS = {"ppo": "PPO", "ppo_ptx": "PPO-ptx", "rloo": "RLOO (TRL)", "grpo": "GRPO (TRL)"}
+# One colour per policy in every figure (matplotlib's tab10); other names get the next free ones.
+COLORS = {
+    "base": "tab:gray",
+    "sft": "tab:purple",
+    "ppo": "tab:blue",
+    "ppo_ptx": "tab:orange",
+    "rloo": "tab:green",
+    "grpo": "tab:red",
+    "rule": "tab:brown",
+}
 # Our PPO log's keys, and those of TRL's RLOO/GRPO logs (`reward`: the RM alone, the gold judge weighs 0).
 PPO_KEYS = {"score": "objective/scores", "gold": "objective/gold", "entropy": "objective/entropy"}
 TRL_KEYS = {"score": "reward", "gold": "rewards/gold/mean", "entropy": "entropy"}
@@ -61,10 +71,10 @@ def training_curves(run_dir: Path, figures: Path) -> str | None:
 def rl_runs(run_dir: Path, skip: set[str] = frozenset()) -> dict[str, list[dict]]:
     """Each RL run's rollout statistics by episode: score (RM), gold, entropy and, for PPO, KL to SFT."""
     runs = {}
-    for name, label in RL_RUNS.items():
+    for name in RL_RUNS:
         rows = [] if name in skip else _log(run_dir / name)
         if name.startswith("ppo"):
-            runs[label] = [
+            runs[name] = [
                 {"episodes": r["episodes"], "kl": r["objective/kl"], **{k: r.get(v) for k, v in PPO_KEYS.items()}}
                 for r in rows
             ]
@@ -72,12 +82,12 @@ def rl_runs(run_dir: Path, skip: set[str] = frozenset()) -> dict[str, list[dict]
         recipe = yaml.safe_load((run_dir / name / outputs.RECIPE_FILE).read_text()) if rows else {}
         # TRL counts optimiser steps; each rollout sample is used num_iterations times.
         per_step = recipe.get("per_device_train_batch_size", 1) / recipe.get("num_iterations", 1)
-        runs[label] = [
+        runs[name] = [
             {"episodes": r["step"] * per_step, **{k: r.get(v) for k, v in TRL_KEYS.items()}}
             for r in rows
             if TRL_KEYS["score"] in r
         ]
-    return {label: rows for label, rows in runs.items() if rows}
+    return {name: rows for name, rows in runs.items() if rows}
 
 
 def rl_curves(runs: dict[str, list[dict]], figures: Path) -> str | None:
@@ -92,10 +102,11 @@ def rl_curves(runs: dict[str, list[dict]], figures: Path) -> str | None:
     ]
     figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for ax, (key, title) in zip(axes, panels, strict=True):
-        for label, rows in runs.items():
+        for name, rows in runs.items():
             rows = [r for r in rows if r.get(key) is not None]
             if rows:
-                ax.plot([r["episodes"] for r in rows], [r[key] for r in rows], label=label)
+                episodes, values = [r["episodes"] for r in rows], [r[key] for r in rows]
+                ax.plot(episodes, values, color=COLORS[name], label=RL_RUNS[name])
         ax.set(title=title, xlabel="episodes")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -105,26 +116,30 @@ def rl_curves(runs: dict[str, list[dict]], figures: Path) -> str | None:
 def reward_vs_kl(runs: dict[str, list[dict]], evaluation: dict, figures: Path) -> str | None:
     """Proxy (RM) and gold score against the KL spent (Gao et al. 2022): along each PPO run, and every
     evaluated policy's end point (greedy scores; KL sampled, measured the same way for all)."""
-    ppo = {label: [r for r in rows if "kl" in r] for label, rows in runs.items() if label.startswith("PPO")}
-    ends = {n: p for n, p in evaluation.get("policies", {}).items() if p.get("kl_to_reference") is not None}
+    ppo = {name: [r for r in rows if "kl" in r] for name, rows in runs.items() if name.startswith("ppo")}
+    found = evaluation.get("policies", {})
+    ends = {n: found[n] for n in evaluation.get("names", found) if found[n].get("kl_to_reference") is not None}
     if not ppo and not ends:
         return None
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, (key, end_key, title) in zip(
         axes,
         (("score", "rm_score_mean", "Proxy: reward-model score"), ("gold", "gold_mean", "Gold score")),
         strict=True,
     ):
-        for label, rows in ppo.items():
+        for name, rows in ppo.items():
             xs = [max(r["kl"], 0.0) ** 0.5 for r in rows]
-            ax.plot(xs, [r[key] for r in rows], marker=".", alpha=0.7, label=f"{label} rollouts (sampled)")
+            label = f"{RL_RUNS[name]} rollouts (training prompts, sampled)"
+            ax.plot(xs, [r[key] for r in rows], marker=".", alpha=0.6, color=COLORS[name], label=label)
         for name, policy in ends.items():
             if policy.get(end_key) is not None and name != "base":
                 x = max(policy["kl_to_reference"], 0.0) ** 0.5
-                ax.scatter([x], [policy[end_key]], marker="*", s=160, zorder=3, label=f"{name} (held-out, greedy)")
+                color = COLORS.get(name)
+                label = f"{name} (held-out prompts, greedy)"
+                ax.scatter([x], [policy[end_key]], marker="*", s=180, zorder=3, color=color, label=label)
         ax.set(title=title, xlabel="sqrt(KL to SFT), KL in nats per response", ylabel="mean score")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     return _save(figure, figures / "reward_vs_kl.png")
 
 
@@ -140,7 +155,7 @@ def gold_by_family(evaluation: dict, figures: Path) -> str | None:
     figure, ax = plt.subplots(figsize=(11, 4))
     for i, (name, by_family) in enumerate(policies.items()):
         xs = [j + (i - (len(policies) - 1) / 2) * width for j in range(len(families))]
-        ax.bar(xs, [by_family[f] for f in families], width, label=name)
+        ax.bar(xs, [by_family[f] for f in families], width, label=name, color=COLORS.get(name))
     ax.set_xticks(range(len(families)), families)
     ax.set(ylim=(0, 1.05), ylabel="mean gold score (greedy)", title="Gold score per task family, held-out prompts")
     ax.grid(axis="y", alpha=0.3)

@@ -115,7 +115,8 @@ def recorded(step: Step) -> dict:
 
 
 def is_current(step: Step) -> bool:
-    return bool(recorded(step)) and recorded(step).get("fingerprint") == fingerprint(step)
+    record = recorded(step)
+    return bool(record) and record.get("fingerprint") == fingerprint(step)
 
 
 def run_step(step: Step) -> float:

@@ -23,14 +23,15 @@ def _run_recipe_stage(stage: str, config: str, overrides: list[str]) -> None:
 def _demo(force: bool, until: str | None) -> None:
     started = time.monotonic()
     steps = chain.demo_steps()
-    rows = chain.run(chain.needed_for(steps, until) if until else [s for s in steps if s.in_whole_chain], force)
-    if until is None:
-        from pipeline import report
+    if until is not None:
+        chain.print_summary(chain.run(chain.needed_for(steps, until), force), time.monotonic() - started)
+        return
+    rows = chain.run([step for step in steps if step.in_whole_chain], force)
+    from pipeline import report
 
-        path = report.write(steps[0].output.parent)
+    path = report.write(steps[0].output.parent)
     chain.print_summary(rows, time.monotonic() - started)
-    if until is None:
-        print(f"report: {path}")
+    print(f"report: {path}")
 
 
 def _parser() -> argparse.ArgumentParser:

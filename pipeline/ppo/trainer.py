@@ -127,7 +127,7 @@ class PPOTrainer:
         )
         self.generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
         self.ptx_texts = ptx_texts
-        # A fixed shuffle of the pretraining texts; batch i is tokenised when it is first needed.
+        # A fixed shuffle of the pretraining texts, cut into batches that are tokenised as they are used.
         self.ptx_order = (
             torch.randperm(len(ptx_texts), generator=torch.Generator().manual_seed(args.seed)).tolist()
             if ptx_texts

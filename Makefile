@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: setup base sft label rm eval-rm ppo ppo-ptx rloo grpo demo eval report test lint clean-demo
+.PHONY: setup base sft label rm eval-rm ppo ppo-ptx rloo grpo demo eval report merge push test lint clean-demo
 
 setup: $(STAMP)
 
@@ -70,6 +70,18 @@ eval: setup
 
 report: setup
 	$(PYTHON) -m pipeline report $(or $(RUN),$(DEMO))
+
+# `make merge RUN=outputs/demo/sft_lora [OUT=dir]`: the adapter merged into its base (default RUN_merged).
+merge: setup
+	$(if $(RUN),,$(error usage: make merge RUN=outputs/<stage>_lora [OUT=dir]))
+	$(PYTHON) -m pipeline merge $(RUN) $(if $(OUT),--output_dir $(OUT))
+
+# `make push RUN=outputs/... REPO=user/name [PRIVATE=1] [MERGED=1] [DRY_RUN=dir]`; the token comes from
+# HF_TOKEN or `hf auth login`. DRY_RUN writes the folder that would be uploaded and uploads nothing.
+push: setup
+	$(if $(and $(RUN),$(REPO)),,$(error usage: make push RUN=outputs/<stage> REPO=user/name [PRIVATE=1] [MERGED=1] [DRY_RUN=dir]))
+	$(PYTHON) -m pipeline push $(RUN) --repo_id $(REPO) $(if $(PRIVATE),--private) $(if $(MERGED),--merged) \
+		$(if $(DRY_RUN),--dry_run $(DRY_RUN)) $(ARGS)
 
 test: setup
 	$(PYTHON) -m pytest -q tests

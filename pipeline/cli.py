@@ -70,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--until", choices=[step.name for step in chain.demo_steps()], help="run only this stage and those it needs"
     )
+    merge = stages.add_parser("merge", allow_abbrev=False, help="merge a LoRA adapter into its base weights")
+    merge.add_argument("run_dir", help="an output folder that holds an adapter (policy or reward model)")
+    merge.add_argument("--output_dir", help="default: RUN_DIR_merged")
+    push = stages.add_parser("push", allow_abbrev=False, help="upload an output folder to the Hub with a model card")
+    push.add_argument("run_dir", help="an output folder (adapter or full weights)")
+    push.add_argument("--repo_id", required=True, help="USER/NAME or ORG/NAME")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--merged", action="store_true", help="push the adapter merged into its base")
+    push.add_argument("--dry_run", metavar="OUT_DIR", help="write the folder that would be uploaded, upload nothing")
+    push.add_argument("--license", default="other", help="the card's license (default: other)")
+    push.add_argument("--commit_message")
     report = stages.add_parser("report", allow_abbrev=False, help="write report.md with figures for a run folder")
     report.add_argument("run_dir", nargs="?", default="outputs/demo")
     return parser
@@ -99,6 +110,22 @@ def main(argv: list[str] | None = None) -> int:
             evaluation.run(evaluation.EvalConfig(policies=policies, reference=reference, **options))
         elif args.stage == "demo":
             _demo(args.force, args.until)
+        elif args.stage == "merge":
+            from pipeline import hub
+
+            print(f"merged: {hub.merge(args.run_dir, args.output_dir)}")
+        elif args.stage == "push":
+            from pipeline import hub
+
+            hub.push(
+                args.run_dir,
+                args.repo_id,
+                args.private,
+                args.merged,
+                args.dry_run,
+                args.license,
+                args.commit_message,
+            )
         elif args.stage == "report":
             from pipeline import report
 

@@ -1,0 +1,218 @@
+"""Merge a LoRA adapter into its base, and publish a stage's output folder to the Hub with a model card.
+
+The token comes from `HF_TOKEN` or the login cache (`huggingface_hub.get_token`); it is handed to
+`HfApi` calls only, never printed and never written to a file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
+from transformers import AutoTokenizer
+from trl import ModelConfig
+
+from pipeline import outputs
+from pipeline.configs import PipelineError
+from pipeline.data import read_card
+from pipeline.models import is_adapter, load_policy, load_scorer
+
+# What a published folder holds: weights or adapter, configs, tokenizer, the recipe and metrics.
+# Left out: training_args.bin (a pickle), checkpoints, logs, samples and the chain's records.
+UPLOAD_PATTERNS = (
+    "*.safetensors",
+    "config.json",
+    "adapter_config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "vocab*",
+    "merges.txt",
+    "*.jinja",
+    outputs.RECIPE_FILE,
+    outputs.METRICS_FILE,
+)
+# Recipe keys that name the model a stage started from, in the order they are followed.
+PARENT_KEYS = ("model_name_or_path", "sft_model_path")
+STAGE_TITLES = {"base": "base", "sft": "SFT", "rm": "reward model", "ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO"}
+
+
+def _recipe(folder: Path) -> dict:
+    path = folder / outputs.RECIPE_FILE
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def _is_reward_model(folder: Path) -> bool:
+    if is_adapter(folder):
+        return json.loads((folder / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
+    config = json.loads((folder / "config.json").read_text())
+    return any(a.endswith("ForSequenceClassification") for a in config.get("architectures", []))
+
+
+def _check_run(run_dir: Path) -> None:
+    if not (run_dir / "config.json").is_file() and not is_adapter(run_dir):
+        raise PipelineError(f"{run_dir} is not a model output folder (no config.json or adapter_config.json)")
+
+
+def merge_into(run_dir: Path, folder: Path) -> None:
+    """Save the adapter of `run_dir` merged into its base (full safetensors weights + tokenizer) in `folder`."""
+    if not is_adapter(run_dir):
+        raise PipelineError(f"{run_dir} holds full weights, not a LoRA adapter: there is nothing to merge")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    if _is_reward_model(run_dir):
+        model = load_scorer(str(run_dir), ModelConfig(), tokenizer.pad_token_id)
+    else:
+        model = load_policy(str(run_dir), ModelConfig())
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for name in (outputs.RECIPE_FILE, outputs.METRICS_FILE):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, folder / name)
+
+
+def merge(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
+    """`<run_dir>_merged` (or `output_dir`): the adapter merged into its base, written atomically."""
+    run_dir = Path(run_dir)
+    _check_run(run_dir)
+    output_dir = Path(output_dir or f"{run_dir}_merged")
+    work = outputs.partial_dir(output_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    merge_into(run_dir, work)
+    return outputs.finish(work, output_dir)
+
+
+def lineage(run_dir: Path) -> list[tuple[str, str]]:
+    """(stage, folder) from the first model this output descends from to itself, read from recipe.yaml files.
+
+    The first entry is ("hub", id) when the first stage started from a Hub model.
+    """
+    chain, folder = [], run_dir
+    for _ in range(10):  # output folders that name each other would otherwise loop
+        recipe = _recipe(folder)
+        chain.append((recipe.get("stage", "?"), str(folder)))
+        parent = next((recipe[k] for k in PARENT_KEYS if recipe.get(k)), None)
+        if parent is None:
+            break
+        if not Path(parent, outputs.RECIPE_FILE).is_file():
+            chain.append(("local" if Path(parent).exists() else "hub", parent))
+            break
+        folder = Path(parent)
+    return list(reversed(chain))
+
+
+def model_card(run_dir: Path, repo_id: str, merged: bool, license_id: str) -> ModelCard:
+    """The README.md of a pushed folder: Hub metadata, the stage chain, the metrics, the recipe, how to load."""
+    recipe, stages = _recipe(run_dir), lineage(run_dir)
+    metrics = (
+        json.loads((run_dir / outputs.METRICS_FILE).read_text()) if (run_dir / outputs.METRICS_FILE).is_file() else {}
+    )
+    adapter = is_adapter(run_dir) and not merged
+    reward_model = _is_reward_model(run_dir)
+    hub_base = next((folder for stage, folder in stages if stage == "hub"), None)
+    datasets = []
+    for key in ("dataset_card", "ptx_dataset_card"):
+        if recipe.get(key) and Path(recipe[key]).is_file() and read_card(recipe[key]).hub:
+            datasets.append(read_card(recipe[key]).hub)
+    stage = recipe.get("stage", "model")
+    data = ModelCardData(
+        base_model=hub_base,
+        datasets=datasets or None,
+        library_name="peft" if adapter else "transformers",
+        pipeline_tag="text-classification" if reward_model else "text-generation",
+        license=license_id,
+        tags=["rlhf", "trl", "pipeline", stage, *(["lora"] if is_adapter(run_dir) else [])],
+    )
+    loader = (
+        ("peft", "AutoPeftModelForSequenceClassification" if reward_model else "AutoPeftModelForCausalLM")
+        if adapter
+        else ("transformers", "AutoModelForSequenceClassification" if reward_model else "AutoModelForCausalLM")
+    )
+    chain = " -> ".join(f"{STAGE_TITLES.get(s, s)} (`{f}`)" for s, f in stages)
+    numbers = [(k, v) for k, v in sorted(metrics.items()) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    lines = [
+        f"# {repo_id}",
+        "",
+        f"A {STAGE_TITLES.get(stage, stage)} {'LoRA adapter' if adapter else 'model'} trained with the "
+        "`pipeline` project (InstructGPT's recipe: SFT -> reward model -> PPO on the Hugging Face stack)"
+        + (", merged into its base weights." if merged else "."),
+        "",
+        "## Stage chain",
+        "",
+        chain,
+        "",
+    ]
+    if recipe.get("reward_model_path"):
+        lines += [f"Reward model: `{recipe['reward_model_path']}`.", ""]
+    if hub_base is None:
+        lines += ["The chain does not start from a Hub model, so `base_model` is not set.", ""]
+    lines += ["## How to load", "", "```python", f"from {loader[0]} import {loader[1]}", ""]
+    lines += [f'model = {loader[1]}.from_pretrained("{repo_id}")', "```", ""]
+    if numbers:
+        lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in numbers]
+        lines.append("")
+    lines += ["## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def build_upload(run_dir: Path, folder: Path, repo_id: str, merged: bool, license_id: str) -> list[str]:
+    """Fill `folder` with exactly what would be uploaded; the sorted file list."""
+    _check_run(run_dir)
+    if merged:
+        merge_into(run_dir, folder)
+    else:
+        for pattern in UPLOAD_PATTERNS:
+            for path in run_dir.glob(pattern):
+                if path.is_file():
+                    shutil.copy2(path, folder / path.name)
+    model_card(run_dir, repo_id, merged, license_id).save(folder / "README.md")
+    return sorted(p.name for p in folder.iterdir())
+
+
+def push(
+    run_dir: str | Path,
+    repo_id: str,
+    private: bool = False,
+    merged: bool = False,
+    dry_run: str | Path | None = None,
+    license_id: str = "other",
+    commit_message: str | None = None,
+    api: HfApi | None = None,
+) -> list[str]:
+    """Upload a stage's output (adapter by default, or merged) with its card; with `dry_run`, only write it there."""
+    run_dir = Path(run_dir)
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise PipelineError(f"--repo_id must be USER/NAME or ORG/NAME, got {repo_id!r}")
+    if dry_run is not None:
+        target = Path(dry_run)
+        if target.exists() and any(target.iterdir()):
+            raise PipelineError(f"--dry_run folder {target} exists and is not empty")
+        work = outputs.partial_dir(target)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        files = build_upload(run_dir, work, repo_id, merged, license_id)
+        shutil.rmtree(target, ignore_errors=True)
+        work.rename(target)
+        print(f"dry run: {target} holds what would go to {repo_id} ({'private' if private else 'public'}):")
+        print("\n".join(f"  {name}" for name in files))
+        return files
+    token = get_token()
+    if token is None:
+        raise PipelineError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
+    api = api or HfApi()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = build_upload(run_dir, Path(tmp), repo_id, merged, license_id)
+        url = api.create_repo(repo_id, token=token, private=private, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=tmp,
+            commit_message=commit_message or f"Upload {_recipe(run_dir).get('stage', 'model')} from pipeline",
+            token=token,
+        )
+    print(f"pushed {len(files)} files to {url}")
+    return files

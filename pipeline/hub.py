@@ -6,9 +6,11 @@ The token comes from `HF_TOKEN` or the login cache (`huggingface_hub.get_token`)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -53,15 +55,15 @@ def _is_reward_model(folder: Path) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in config.get("architectures", []))
 
 
-def _check_run(run_dir: Path) -> None:
+def _check_run(run_dir: Path, merged: bool) -> None:
     if not (run_dir / "config.json").is_file() and not is_adapter(run_dir):
         raise PipelineError(f"{run_dir} is not a model output folder (no config.json or adapter_config.json)")
+    if merged and not is_adapter(run_dir):
+        raise PipelineError(f"{run_dir} holds full weights, not a LoRA adapter: there is nothing to merge")
 
 
 def merge_into(run_dir: Path, folder: Path) -> None:
     """Save the adapter of `run_dir` merged into its base (full safetensors weights + tokenizer) in `folder`."""
-    if not is_adapter(run_dir):
-        raise PipelineError(f"{run_dir} holds full weights, not a LoRA adapter: there is nothing to merge")
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     if _is_reward_model(run_dir):
         model = load_scorer(str(run_dir), ModelConfig(), tokenizer.pad_token_id)
@@ -74,16 +76,28 @@ def merge_into(run_dir: Path, folder: Path) -> None:
             shutil.copy2(run_dir / name, folder / name)
 
 
+@contextlib.contextmanager
+def _building(target: Path) -> Iterator[Path]:
+    """A fresh `<target>.partial` folder, renamed to `target` when the block succeeds and removed when it fails."""
+    work = outputs.partial_dir(target)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    outputs.finish(work, target)
+
+
 def merge(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
     """`<run_dir>_merged` (or `output_dir`): the adapter merged into its base, written atomically."""
     run_dir = Path(run_dir)
-    _check_run(run_dir)
+    _check_run(run_dir, merged=True)
     output_dir = Path(output_dir or f"{run_dir}_merged")
-    work = outputs.partial_dir(output_dir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    merge_into(run_dir, work)
-    return outputs.finish(work, output_dir)
+    with _building(output_dir) as work:
+        merge_into(run_dir, work)
+    return output_dir
 
 
 def lineage(run_dir: Path) -> list[tuple[str, str]]:
@@ -162,7 +176,6 @@ def model_card(run_dir: Path, repo_id: str, merged: bool, license_id: str) -> Mo
 
 def build_upload(run_dir: Path, folder: Path, repo_id: str, merged: bool, license_id: str) -> list[str]:
     """Fill `folder` with exactly what would be uploaded; the sorted file list."""
-    _check_run(run_dir)
     if merged:
         merge_into(run_dir, folder)
     else:
@@ -188,16 +201,13 @@ def push(
     run_dir = Path(run_dir)
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise PipelineError(f"--repo_id must be USER/NAME or ORG/NAME, got {repo_id!r}")
+    _check_run(run_dir, merged)
     if dry_run is not None:
         target = Path(dry_run)
         if target.exists() and any(target.iterdir()):
             raise PipelineError(f"--dry_run folder {target} exists and is not empty")
-        work = outputs.partial_dir(target)
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        files = build_upload(run_dir, work, repo_id, merged, license_id)
-        shutil.rmtree(target, ignore_errors=True)
-        work.rename(target)
+        with _building(target) as work:
+            files = build_upload(run_dir, work, repo_id, merged, license_id)
         print(f"dry run: {target} holds what would go to {repo_id} ({'private' if private else 'public'}):")
         print("\n".join(f"  {name}" for name in files))
         return files

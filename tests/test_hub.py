@@ -54,6 +54,7 @@ def test_merged_reward_model_keeps_its_trained_score_head(adapters, tmp_path):
 def test_merging_full_weights_is_a_clear_error(runs, capsys):
     assert main(["merge", str(runs / "sft")]) == 2
     assert "holds full weights, not a LoRA adapter" in capsys.readouterr().err
+    assert not (runs / "sft_merged.partial").exists() and not (runs / "sft_merged").exists()
 
 
 def test_dry_run_writes_the_exact_upload_with_a_card(adapters, runs, tmp_path, capsys):

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification, prepare_model_for_kbit_training
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -100,3 +100,16 @@ def load_scorer(
         )
         return model.merge_and_unload()
     return load_reward_model(dataclasses.replace(model_args, model_name_or_path=path), pad_token_id, trust_remote_code)
+
+
+def prepare_quantized(
+    model: PreTrainedModel, model_args: ModelConfig, activation_checkpointing: bool
+) -> PreTrainedModel:
+    """QLoRA: frozen 4/8-bit weights ready for LoRA training (norms in fp32, input grads on); others unchanged."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return model
+    if not model_args.use_peft:
+        raise PipelineError(
+            "load_in_4bit / load_in_8bit train LoRA adapters on frozen quantized weights: set use_peft: true"
+        )
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing)

@@ -22,7 +22,7 @@ from trl import ModelConfig, get_peft_config
 from pipeline import outputs
 from pipeline.configs import PipelineError, PPOConfig, ScriptArguments
 from pipeline.data import load_card
-from pipeline.models import is_adapter, load_policy, load_scorer, load_tokenizer
+from pipeline.models import is_adapter, load_policy, load_scorer, load_tokenizer, prepare_quantized
 from pipeline.ppo.evaluation import compare_to_sft, ptx_losses
 from pipeline.ppo.trainer import PPOTrainer
 from pipeline.sandbox.judge import gold_components
@@ -111,6 +111,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
             "reference; merge the adapter first, or train the full policy (use_peft: false)"
         )
     policy = _without_dropout(load_policy(args.sft_model_path, model_args, args.trust_remote_code))
+    policy = prepare_quantized(policy, model_args, args.activation_checkpointing)  # QLoRA: a 4-bit base
     ref_policy = None
     if peft_config is None:
         ref_policy = _frozen(load_policy(args.sft_model_path, model_args, args.trust_remote_code))

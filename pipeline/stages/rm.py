@@ -11,7 +11,7 @@ from trl import ModelConfig, RewardConfig, get_peft_config
 
 from pipeline import outputs
 from pipeline.configs import ScriptArguments
-from pipeline.models import check_chat_template, load_reward_model, load_tokenizer
+from pipeline.models import check_chat_template, load_reward_model, load_tokenizer, prepare_quantized
 from pipeline.reward import GroupedRewardTrainer
 from pipeline.stages.common import load_datasets, train_evaluate_save
 from pipeline.stages.eval_rm import comparison_rows, evaluate_reward_model
@@ -41,7 +41,11 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
     if isinstance(train_dataset[0]["chosen"], list) and not training_args.chat_template_path:
         check_chat_template(tokenizer, model_args.model_name_or_path, assistant_only_loss=False)
     set_seed(training_args.seed)
-    model = load_reward_model(model_args, tokenizer.pad_token_id, training_args.trust_remote_code)
+    model = prepare_quantized(
+        load_reward_model(model_args, tokenizer.pad_token_id, training_args.trust_remote_code),
+        model_args,
+        training_args.activation_checkpointing,
+    )
 
     # LoRA: a sequence-classification adapter, which trains and saves the score head with it
     peft_config = get_peft_config(model_args)
@@ -57,6 +61,12 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        # TRL casts QLoRA's trainable weights to bf16; the score head must take the hidden states' dtype
+        hidden_dtype = trainer.model.get_input_embeddings().weight.dtype
+        for name, param in trainer.model.named_parameters():
+            if param.requires_grad and ".score." in name:
+                param.data = param.data.to(hidden_dtype)
     evaluate = (
         (lambda trained: evaluate_reward_model(trained, tokenizer, held_out, training_args.max_length))
         if held_out

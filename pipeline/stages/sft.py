@@ -6,7 +6,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from pipeline import outputs
 from pipeline.configs import ScriptArguments
-from pipeline.models import check_chat_template, load_causal_lm, load_tokenizer
+from pipeline.models import check_chat_template, load_causal_lm, load_tokenizer, prepare_quantized
 from pipeline.stages.common import load_datasets, train_evaluate_save
 
 
@@ -26,7 +26,9 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SF
         check_chat_template(tokenizer, model_args.model_name_or_path, training_args.assistant_only_loss)
 
     # Model: full weights, or a LoRA adapter (on 4-bit weights with load_in_4bit)
-    model = load_causal_lm(model_args, training_args.trust_remote_code)
+    model = prepare_quantized(
+        load_causal_lm(model_args, training_args.trust_remote_code), model_args, training_args.activation_checkpointing
+    )
 
     # Train, evaluate, save
     trainer = SFTTrainer(

@@ -128,10 +128,8 @@ def model_card(run_dir: Path, repo_id: str, merged: bool, license_id: str) -> Mo
     adapter = is_adapter(run_dir) and not merged
     reward_model = _is_reward_model(run_dir)
     hub_base = next((folder for stage, folder in stages if stage == "hub"), None)
-    datasets = []
-    for key in ("dataset_card", "ptx_dataset_card"):
-        if recipe.get(key) and Path(recipe[key]).is_file() and read_card(recipe[key]).hub:
-            datasets.append(read_card(recipe[key]).hub)
+    cards = [read_card(recipe[k]) for k in ("dataset_card", "ptx_dataset_card") if Path(recipe.get(k) or "").is_file()]
+    datasets = [card.hub for card in cards if card.hub]
     stage = recipe.get("stage", "model")
     data = ModelCardData(
         base_model=hub_base,

@@ -47,6 +47,16 @@ class GroupedRewardTrainer(RewardTrainer):
     Datasets without a `group` column (plain pairs) train exactly as with RewardTrainer.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if getattr(self.model, "is_loaded_in_4bit", False) or getattr(self.model, "is_loaded_in_8bit", False):
+            # RewardTrainer casts QLoRA's trainable weights to bf16; the score head must take the hidden
+            # states' dtype, or its matmul fails when the model computes in fp32
+            hidden_dtype = self.model.get_input_embeddings().weight.dtype
+            for name, param in self.model.named_parameters():
+                if param.requires_grad and ".score." in name:
+                    param.data = param.data.to(hidden_dtype)
+
     def get_train_dataloader(self) -> DataLoader:
         if "group" not in self.train_dataset.column_names:
             return super().get_train_dataloader()

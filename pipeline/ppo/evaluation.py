@@ -8,7 +8,7 @@ from statistics import mean
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.ppo.rollout import decode, encode_prompts, left_pad, response_logprobs, sample, sequence_rewards
+from pipeline.ppo.rollout import decode, encode_prompts, left_pad, sample, sampled_kl, sequence_rewards
 from pipeline.ppo.trainer import PPOTrainer, lm_batch
 from pipeline.sandbox.evaluation import score_responses, summarize
 from pipeline.sandbox.judge import strip_filler
@@ -42,14 +42,20 @@ def _responses(trainer: PPOTrainer, conversations: list[list[dict]], batch_size:
             texts, finished = decode(tokenizer, greedy.responses, greedy.mask, stop)
             out[name] += texts
             out[f"{name}_finished"] += finished
-        # KL(PPO || SFT) on responses sampled as in training: the sum over tokens of log pi - log pi_sft
-        samples = sample(policy, queries, query_mask, args.response_length, args.temperature, stop, pad, generator)
+        # KL(PPO || SFT) on responses sampled as in training
         reference, disabled = trainer.reference()
-        with disabled:
-            ref_logprobs, _ = response_logprobs(
-                reference, queries, query_mask, samples.responses, samples.mask, args.temperature
-            )
-        out["kl"] += ((samples.logprobs - ref_logprobs) * samples.mask).sum(1).tolist()
+        out["kl"] += sampled_kl(
+            policy,
+            reference,
+            queries,
+            query_mask,
+            args.response_length,
+            args.temperature,
+            stop,
+            pad,
+            generator,
+            disabled,
+        )
     return out
 
 

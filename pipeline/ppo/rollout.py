@@ -6,6 +6,7 @@ only, so a left-padded query sees the same positions as an unpadded one.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -136,6 +137,16 @@ def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask
     return head(output.hidden_states[-1]).squeeze(-1).float()
 
 
+def _sequence_scores(
+    model: PreTrainedModel,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    return token_scores(model, torch.cat([queries, responses], dim=1), sequence_mask(query_mask, response_mask))
+
+
 def response_values(
     model: PreTrainedModel,
     queries: torch.Tensor,
@@ -144,7 +155,7 @@ def response_values(
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
     """V(state before each response token): the value head at the token just before it."""
-    scores = token_scores(model, torch.cat([queries, responses], dim=1), sequence_mask(query_mask, response_mask))
+    scores = _sequence_scores(model, queries, query_mask, responses, response_mask)
     return scores[:, queries.shape[1] - 1 : -1]
 
 
@@ -156,6 +167,31 @@ def sequence_rewards(
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
     """The reward model's score of each query + response, read at the last response token (the stop token)."""
-    scores = token_scores(model, torch.cat([queries, responses], dim=1), sequence_mask(query_mask, response_mask))
+    scores = _sequence_scores(model, queries, query_mask, responses, response_mask)
     last = queries.shape[1] + response_mask.sum(1).long() - 1
     return scores[torch.arange(len(scores)), last]
+
+
+@torch.no_grad()
+def sampled_kl(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    stop_token_id: int | None,
+    pad_token_id: int,
+    generator: torch.Generator,
+    reference_context: contextlib.AbstractContextManager | None = None,
+) -> list[float]:
+    """KL(policy || reference) per query: the sum over a sampled response of log pi - log pi_ref (nats).
+
+    `reference_context` is entered for the reference pass only (a LoRA policy with its adapter disabled).
+    """
+    samples = sample(policy, queries, query_mask, max_new_tokens, temperature, stop_token_id, pad_token_id, generator)
+    with reference_context or contextlib.nullcontext():
+        ref_logprobs, _ = response_logprobs(
+            reference, queries, query_mask, samples.responses, samples.mask, temperature
+        )
+    return ((samples.logprobs - ref_logprobs) * samples.mask).sum(1).tolist()

@@ -22,7 +22,7 @@ from pipeline.configs import PipelineError
 from pipeline.data import load_card
 from pipeline.models import load_policy, load_scorer, load_tokenizer
 from pipeline.ppo.evaluation import win_rate
-from pipeline.ppo.rollout import decode, encode_prompts, left_pad, response_logprobs, sample, sequence_rewards
+from pipeline.ppo.rollout import decode, encode_prompts, left_pad, sample, sampled_kl, sequence_rewards
 from pipeline.sandbox.evaluation import score_responses, summarize
 from pipeline.sandbox.judge import strip_filler
 from pipeline.sandbox.tasks import parse_prompt, test_prompts
@@ -106,13 +106,9 @@ def _answer(
         if reward_model is not None:
             answers.rm += sequence_rewards(reward_model, queries, query_mask, greedy.responses, greedy.mask).tolist()
         if reference is not None:
-            sampled = sample(
-                policy, queries, query_mask, config.max_new_tokens, config.temperature, stop, pad, generator
+            answers.kl += sampled_kl(
+                policy, reference, queries, query_mask, config.max_new_tokens, config.temperature, stop, pad, generator
             )
-            ref_logprobs, _ = response_logprobs(
-                reference, queries, query_mask, sampled.responses, sampled.mask, config.temperature
-            )
-            answers.kl += ((sampled.logprobs - ref_logprobs) * sampled.mask).sum(1).tolist()
     return answers
 
 

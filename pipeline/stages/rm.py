@@ -61,12 +61,6 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    if model_args.load_in_4bit or model_args.load_in_8bit:
-        # TRL casts QLoRA's trainable weights to bf16; the score head must take the hidden states' dtype
-        hidden_dtype = trainer.model.get_input_embeddings().weight.dtype
-        for name, param in trainer.model.named_parameters():
-            if param.requires_grad and ".score." in name:
-                param.data = param.data.to(hidden_dtype)
     evaluate = (
         (lambda trained: evaluate_reward_model(trained, tokenizer, held_out, training_args.max_length))
         if held_out

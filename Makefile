@@ -18,12 +18,18 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 # `make sft` runs the demo chain up to SFT: stages already current are skipped (FORCE=1 reruns them).
-# With RECIPE=path and/or ARGS="--key value" it runs the stage itself (after the chain up to its
-# inputs when RECIPE is unset). $(call stage,NAME,COMMAND,PREVIOUS,DEFAULT_RECIPE)
+# With RECIPE=path, ARGS="--key value" and/or ACCELERATE_CONFIG=path it runs the stage itself (after
+# the chain up to its inputs when RECIPE is unset); ACCELERATE_CONFIG runs it under `accelerate launch`
+# (recipes/accelerate_configs/; NUM_PROCESSES=n overrides the config's count).
+# $(call stage,NAME,COMMAND,PREVIOUS,DEFAULT_RECIPE)
+ACCELERATE_CONFIG ?=
+NUM_PROCESSES ?=
+LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) \
+	$(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES)),$(PYTHON))
 define stage
-$(if $(RECIPE)$(ARGS),\
+$(if $(RECIPE)$(ARGS)$(ACCELERATE_CONFIG),\
 	$(if $(RECIPE)$(if $(3),,none),,$(PYTHON) -m pipeline demo --until $(3) &&) \
-	$(PYTHON) -m pipeline $(2) --config $(or $(RECIPE),$(4)) $(ARGS),\
+	$(LAUNCH) -m pipeline $(2) --config $(or $(RECIPE),$(4)) $(ARGS),\
 	$(PYTHON) -m pipeline demo --until $(1) $(if $(FORCE),--force))
 endef
 

@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from pipeline import chain
+from pipeline import chain, distributed
 from pipeline.configs import STAGE_CONFIGS, PipelineError, load_configs, parse_overrides
 
 # Stages whose code lives in a module of another name.
@@ -16,6 +16,7 @@ STAGE_MODULES = {"rloo": "online_rl", "grpo": "online_rl"}
 
 
 def _run_recipe_stage(stage: str, config: str, overrides: list[str]) -> None:
+    distributed.use_cpu_ranks_without_gpu()
     configs, recipe = load_configs(stage, config, parse_overrides(overrides))
     importlib.import_module(f"pipeline.stages.{STAGE_MODULES.get(stage, stage)}").run(*configs, recipe=recipe)
 

@@ -307,6 +307,10 @@ def build_configs(stage: str, values: dict[str, Any], source: str = "recipe") ->
     for key, value in values.items():
         checked[key] = _coerce(key, value, hints[key])
         _check_range(key, checked[key])
+    if "ddp_find_unused_parameters" in hints:
+        # Every trainable weight of our models takes part in each forward pass; under DDP, searching
+        # for unused ones would cost a traversal of the autograd graph every step
+        checked.setdefault("ddp_find_unused_parameters", False)
     configs = []
     for cls in classes:
         names = {f.name for f in dataclasses.fields(cls) if f.init}

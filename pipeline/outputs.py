@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from accelerate import PartialState
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
@@ -27,16 +28,22 @@ def clean_recipe(stage: str, recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def start(output_dir: str | Path, stage: str, recipe: dict[str, Any]) -> tuple[Path, bool]:
-    """The work folder for a stage, and whether it holds an unfinished run of the same recipe to resume."""
+    """The work folder for a stage, and whether it holds an unfinished run of the same recipe to resume.
+
+    Under `accelerate launch` the main process prepares the folder before the other ranks look at it.
+    """
     work = partial_dir(output_dir)
     resolved = clean_recipe(stage, recipe)
     previous = work / RECIPE_FILE
-    if work.exists() and previous.exists() and yaml.safe_load(previous.read_text()) == resolved:
-        return work, any(work.glob("checkpoint-*"))
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    previous.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    return work, False
+    state = PartialState()
+    with state.main_process_first():
+        same_run = work.exists() and previous.exists() and yaml.safe_load(previous.read_text()) == resolved
+        resume = same_run and any(work.glob("checkpoint-*"))
+        if state.is_main_process and not same_run:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            previous.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return work, resume
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:

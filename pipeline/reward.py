@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
+from accelerate.utils import pad_across_processes
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import RewardTrainer
@@ -41,6 +43,20 @@ class GroupedBatchSampler(Sampler[list[int]]):
         return len(self.batches)
 
 
+def _ragged(gather: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`gather` that also takes tensors whose first dimension differs across ranks (padded, then cut back)."""
+
+    def gather_ragged(data: Any) -> Any:
+        if not isinstance(data, torch.Tensor) or data.dim() == 0:
+            return gather(data)
+        sizes = gather(torch.tensor([data.shape[0]], device=data.device)).tolist()
+        padded = pad_across_processes(data, dim=0)
+        parts = gather(padded).split(padded.shape[0])
+        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+    return gather_ragged
+
+
 class GroupedRewardTrainer(RewardTrainer):
     """trl.RewardTrainer whose training batches keep the pairs of one ranking together (InstructGPT).
 
@@ -56,6 +72,9 @@ class GroupedRewardTrainer(RewardTrainer):
             for name, param in self.model.named_parameters():
                 if param.requires_grad and ".score." in name:
                     param.data = param.data.to(hidden_dtype)
+        if self.accelerator.num_processes > 1:
+            # RewardTrainer gathers every rank's rewards each step; grouped batches differ in size across ranks
+            self.accelerator.gather = _ragged(self.accelerator.gather)
 
     def get_train_dataloader(self) -> DataLoader:
         if "group" not in self.train_dataset.column_names:

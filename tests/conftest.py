@@ -9,6 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "sandbox"
 
 
+def log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
 def metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
@@ -29,3 +33,19 @@ def runs(tmp_path_factory):
     sft = stage_args("sft", SMOKE / "sft/config_smoke.yaml", model_name_or_path=out / "base", output_dir=out / "sft")
     assert main(sft) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def models(runs):
+    """The smoke SFT policy and a smoke reward model trained on it."""
+    rm = runs / "rm_for_ppo"
+    args = stage_args("rm", SMOKE / "rm/config_smoke.yaml", model_name_or_path=runs / "sft", output_dir=rm)
+    assert main(args) == 0
+    return runs / "sft", rm
+
+
+def ppo_args(models, out, **overrides):
+    sft, rm = models
+    recipe = SMOKE / "ppo/config_smoke.yaml"
+    paths = {"sft_model_path": sft, "reward_model_path": rm, "output_dir": out}
+    return stage_args("ppo", recipe, **{**paths, **overrides})

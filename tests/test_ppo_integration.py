@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.cli import main
 from pipeline.ppo.trainer import PPOTrainer
-from tests.conftest import SMOKE, metrics, stage_args
+from tests.conftest import log, metrics, ppo_args
 
 PPO_KEYS = {
     "gold_mean",
@@ -28,26 +28,6 @@ PPO_KEYS = {
     "gold_style_sft",
     "win_rate_vs_rule_baseline",
 }
-
-
-@pytest.fixture(scope="module")
-def models(runs):
-    """The smoke SFT policy and a smoke reward model trained on it."""
-    rm = runs / "rm_for_ppo"
-    args = stage_args("rm", SMOKE / "rm/config_smoke.yaml", model_name_or_path=runs / "sft", output_dir=rm)
-    assert main(args) == 0
-    return runs / "sft", rm
-
-
-def ppo_args(models, out, **overrides):
-    sft, rm = models
-    recipe = SMOKE / "ppo/config_smoke.yaml"
-    paths = {"sft_model_path": sft, "reward_model_path": rm, "output_dir": out}
-    return stage_args("ppo", recipe, **{**paths, **overrides})
-
-
-def log(folder):
-    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,14 @@ and including the stop token) and 0 on the padding after it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+# Sums a tensor over the ranks of a multi-process run (accelerate's `reduce(tensor, "sum")`).
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -19,16 +23,26 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance of `values` where `mask` is 1."""
-    count = mask.sum()
-    centered = (values - masked_mean(values, mask)) * mask
-    return centered.square().sum() / (count - 1).clamp(min=1)
+def masked_mean_var(
+    values: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of `values` where `mask` is 1.
+
+    `reduce` sums a tensor over the ranks of a multi-process run, so that every rank gets the statistics
+    of the whole batch; without it they are this batch's own.
+    """
+    reduce = reduce or (lambda tensor: tensor)
+    count = reduce(mask.sum())
+    mean = reduce((values * mask).sum()) / count.clamp(min=1)
+    centered = (values - mean) * mask
+    return mean, reduce(centered.square().sum()) / (count - 1).clamp(min=1)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, reduce: Reduce | None = None
+) -> torch.Tensor:
     """`values` scaled to unit variance over the mask (and centred unless `shift_mean` is false)."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    mean, var = masked_mean_var(values, mask, reduce)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean

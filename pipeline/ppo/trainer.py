@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from pipeline import outputs
-from pipeline.configs import PPOConfig
+from pipeline.configs import PipelineError, PPOConfig
 from pipeline.ppo import checkpoint
 from pipeline.ppo.core import (
     gae,
@@ -135,6 +136,7 @@ class PPOTrainer:
         )
         self.ptx_position = 0
         self.step = 0
+        checkpoint.keep_trainable_weights(accelerator)
 
     # Data: a fixed stream of prompt indices (a fresh permutation per pass), so a step's batch depends only on the step
     def _batch_indices(self, step: int) -> list[int]:
@@ -149,9 +151,20 @@ class PPOTrainer:
             indices.append(orders[epoch][offset])
         return indices
 
+    def _sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor, "sum")
+
+    def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
+        """Each statistic averaged over the ranks (their batches are the same size), the same on every rank."""
+        names = sorted(stats)
+        values = torch.tensor([stats[name] for name in names], dtype=torch.float64, device=self.accelerator.device)
+        return dict(zip(names, self.accelerator.reduce(values, "mean").tolist(), strict=True))
+
     def _ptx_loss(self) -> torch.Tensor:
-        size = self.args.ptx_batch_size
-        start = self.ptx_position % (len(self.ptx_order) // size) * size
+        # Each rank takes its own batches of the one shuffled stream
+        size, accelerator = self.args.ptx_batch_size, self.accelerator
+        batch = self.ptx_position * accelerator.num_processes + accelerator.process_index
+        start = batch % (len(self.ptx_order) // size) * size
         self.ptx_position += 1
         texts = [self.ptx_texts[i] for i in self.ptx_order[start : start + size]]
         batch = lm_batch(self.tokenizer, texts, self.args.ptx_max_length)
@@ -161,13 +174,15 @@ class PPOTrainer:
         """The frozen SFT policy, and the context in which to call it."""
         if self.ref_policy is not None:
             return self.ref_policy, contextlib.nullcontext()
-        return self.policy, self.accelerator.unwrap_model(self.policy).disable_adapter()
+        policy = self.accelerator.unwrap_model(self.policy)
+        return policy, policy.disable_adapter()
 
     def reward(self) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
         """The frozen reward model, and the context in which to call it."""
         if self.reward_model is not None:
             return self.reward_model, contextlib.nullcontext()
-        return self.value_model, self.accelerator.unwrap_model(self.value_model).disable_adapter()
+        value_model = self.accelerator.unwrap_model(self.value_model)
+        return value_model, value_model.disable_adapter()
 
     @torch.no_grad()
     def rollout(self, step: int) -> tuple[Rollout, dict[str, float]]:
@@ -176,7 +191,9 @@ class PPOTrainer:
         indices = self._batch_indices(step)
         queries, query_mask = left_pad([self.query_ids[i] for i in indices], pad)
         queries, query_mask = queries.to(device), query_mask.to(device)
+        # No-grad passes call the models themselves, not their multi-process wrappers
         policy = self.accelerator.unwrap_model(self.policy)
+        value_model = self.accelerator.unwrap_model(self.value_model)
         policy.eval()
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         for start in range(0, len(indices), args.local_rollout_forward_batch_size):
@@ -189,7 +206,7 @@ class PPOTrainer:
             reference, disabled = self.reference()
             with disabled:
                 ref_logprobs, _ = response_logprobs(reference, q, qm, responses, mask, args.temperature)
-            values = response_values(self.value_model, q, qm, responses, mask)
+            values = response_values(value_model, q, qm, responses, mask)
             reward_model, disabled = self.reward()
             with disabled:
                 scores = sequence_rewards(reward_model, q, qm, responses, mask)
@@ -228,9 +245,9 @@ class PPOTrainer:
         kl = kl_estimate(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator) * mask
         rewards, non_score = token_rewards(scores, kl, mask, self.kl_controller.value)
         if args.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=self._sum_over_ranks)
         advantages, returns = gae(rewards, batch["values"], mask, args.gamma, args.lam)
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, reduce=self._sum_over_ranks)
 
         stats = {
             "objective/scores": raw_scores.mean().item(),
@@ -304,34 +321,18 @@ class PPOTrainer:
         stats["lr"] = self.schedulers[0].get_last_lr()[0]
         return stats
 
-    def _state(self) -> dict:
+    def _state(self, generators: list[torch.Tensor]) -> dict:
         return {
             "step": self.step,
             "ptx_position": self.ptx_position,
             "kl_controller": self.kl_controller.state_dict(),
-            "generator": self.generator.get_state(),
-            "rng": checkpoint.rng_state(),
-            "policy_optimizer": self.policy_optimizer.state_dict(),
-            "value_optimizer": self.value_optimizer.state_dict(),
-            "schedulers": [s.state_dict() for s in self.schedulers],
+            "generators": generators,
         }
 
-    def _load_state(self, state: dict) -> None:
-        self.step, self.ptx_position = state["step"], state["ptx_position"]
-        self.kl_controller.load_state_dict(state["kl_controller"])
-        self.generator.set_state(state["generator"])
-        checkpoint.set_rng_state(state["rng"])
-        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        self.value_optimizer.load_state_dict(state["value_optimizer"])
-        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
-            scheduler.load_state_dict(saved)
-
     def save_checkpoint(self) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            unwrap = self.accelerator.unwrap_model
-            checkpoint.save(self.work, self.step, unwrap(self.policy), unwrap(self.value_model), self._state())
-        self.accelerator.wait_for_everyone()
+        """Every rank saves its part; the trainer state holds every rank's sampling generator."""
+        generators = gather_object([self.generator.get_state()])
+        checkpoint.save(self.work, self.step, self.accelerator, self._state(generators))
 
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint in the work folder, if any; the log keeps its steps."""
@@ -339,10 +340,18 @@ class PPOTrainer:
         if found is None:
             return False
         step, folder = found
-        unwrap = self.accelerator.unwrap_model
-        self._load_state(checkpoint.load(folder, unwrap(self.policy), unwrap(self.value_model)))
+        state = torch.load(folder / checkpoint.STATE_FILE, weights_only=True)
+        if len(state["generators"]) != self.accelerator.num_processes:
+            raise PipelineError(
+                f"{folder} was written by {len(state['generators'])} process(es) and this run has "
+                f"{self.accelerator.num_processes}: resume with the same number, or delete {self.work}"
+            )
+        checkpoint.load(folder, self.accelerator)
+        self.step, self.ptx_position = state["step"], state["ptx_position"]
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.generator.set_state(state["generators"][self.accelerator.process_index])
         log = self.work / outputs.LOG_FILE
-        if log.exists():
+        if log.exists() and self.accelerator.is_main_process:
             lines = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
             log.write_text("".join(line + "\n" for line in lines))
         logger.info("resumed from %s (step %d of %d)", folder, step, self.num_updates)
@@ -368,7 +377,7 @@ class PPOTrainer:
         while self.step < self.num_updates:
             started = time.monotonic()
             rollout, stats = self.rollout(self.step)
-            stats.update(self.learn(rollout))
+            stats = self._mean_over_ranks({**stats, **self.learn(rollout)})
             stats["objective/kl_coef"] = self.kl_controller.value
             self.kl_controller.update(stats["objective/kl"], self.batch_size)
             self.step += 1

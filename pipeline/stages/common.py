@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from pipeline import outputs
 from pipeline.configs import ScriptArguments
 from pipeline.data import load_card
+from pipeline.distributed import rank_divergence
 from pipeline.sandbox.evaluation import evaluate_policy
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,10 @@ def train_evaluate_save(
         "train_runtime": result.metrics["train_runtime"],
         "train_steps": result.global_step,
         "effective_batch_size": effective,
+        "num_processes": args.world_size,
     }
+    if args.world_size > 1:
+        metrics["rank_divergence"] = rank_divergence(trainer.model)
     if trainer.eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     if script_args.sandbox_eval_prompts:

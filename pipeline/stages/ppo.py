@@ -22,6 +22,7 @@ from trl import ModelConfig, get_peft_config
 from pipeline import outputs
 from pipeline.configs import PipelineError, PPOConfig, ScriptArguments
 from pipeline.data import load_card
+from pipeline.distributed import rank_divergence
 from pipeline.models import is_adapter, load_policy, load_scorer, load_tokenizer, prepare_quantized
 from pipeline.ppo.evaluation import compare_to_sft, ptx_losses
 from pipeline.ppo.trainer import PPOTrainer
@@ -183,7 +184,13 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         "seconds_per_step": train_seconds / steps_run if steps_run else None,
         "train_runtime": train_seconds,
         "final_kl_coef": trainer.kl_controller.value,
+        "num_processes": accelerator.num_processes,
     }
+    if accelerator.num_processes > 1:
+        unwrap = accelerator.unwrap_model
+        metrics["rank_divergence"] = max(
+            rank_divergence(unwrap(trainer.policy)), rank_divergence(unwrap(trainer.value_model))
+        )
     if accelerator.is_main_process:
         metrics.update(compare_to_sft(trainer, held_out, sandbox, script_args.sandbox_eval_batch_size))
         if args.ptx_dataset_card:
@@ -195,5 +202,6 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         outputs.write_metrics(work, metrics)
         outputs.finish(work, output_dir)
         logger.info("wrote %s: %s", output_dir, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics

@@ -1,0 +1,127 @@
+"""Every trainer stage under `accelerate launch` with 2 CPU processes (recipes/accelerate_configs/multi_cpu.yaml).
+
+The checks: the ranks end with identical parameters, the global batch is per-device x accumulation x
+processes, SFT's loss equals a 1-process run with the same global batch, and PPO whitens over both
+ranks, writes once and resumes under 2 processes as an uninterrupted run.
+"""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from pipeline.cli import main
+from pipeline.ppo.core import masked_whiten
+from tests.conftest import ROOT, SMOKE, log, metrics, ppo_args, stage_args
+
+MULTI_CPU = ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
+
+
+def launch(args: list[str], script: str = "-m pipeline") -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file multi_cpu.yaml` on a free port, as `make ... ACCELERATE_CONFIG=` runs it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_CPU)]
+    command += ["--main_process_port", str(port), *script.split(), *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def check(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _whiten_half(rank: int, folder: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank, world_size=2)
+
+    def all_reduce(tensor):
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    rows = slice(rank * 3, rank * 3 + 3)
+    torch.save(masked_whiten(values[rows], mask[rows], reduce=all_reduce), f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_whitening_over_two_ranks_equals_whitening_their_joined_batch(tmp_path):
+    values = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 0, 0]] * 2 + [[1, 1, 1, 1, 1]] * 2 + [[1, 0, 0, 0, 0]] * 2).float()
+    mp.spawn(_whiten_half, args=(str(tmp_path), values, mask), nprocs=2)
+    halves = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    torch.testing.assert_close(torch.cat(halves), masked_whiten(values, mask))
+    alone = masked_whiten(values[:3], mask[:3])
+    assert not torch.allclose(halves[0], alone)  # a rank's own statistics would differ
+
+
+def test_sft_on_two_processes_matches_one_process_with_the_same_global_batch(runs, tmp_path):
+    out = tmp_path / "sft"
+    recipe = SMOKE / "sft/config_smoke.yaml"
+    check(
+        launch(
+            stage_args("sft", recipe, model_name_or_path=runs / "base", output_dir=out, per_device_train_batch_size=16)
+        )
+    )
+    two, one = metrics(out), metrics(runs / "sft")  # the session's 1-process run: 32 per device
+    assert (two["num_processes"], two["effective_batch_size"], one["effective_batch_size"]) == (2, 32, 32)
+    assert two["rank_divergence"] == 0.0
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=0.01)  # the eval split is sharded
+    assert not out.with_name("sft.partial").exists() and (out / "model.safetensors").is_file()
+
+
+def test_rm_on_two_processes_keeps_ranks_in_step(runs, tmp_path):
+    recipe = SMOKE / "rm/config_smoke.yaml"
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(stage_args("rm", recipe, model_name_or_path=runs / "sft", output_dir=one)) == 0
+    check(
+        launch(
+            stage_args("rm", recipe, model_name_or_path=runs / "sft", output_dir=two, per_device_train_batch_size=12)
+        )
+    )
+    a, b = metrics(one), metrics(two)
+    assert (b["num_processes"], b["effective_batch_size"], a["effective_batch_size"]) == (2, 24, 24)
+    assert b["rank_divergence"] == 0.0
+    # Ranked lists pack into different batches at 12 and 24 pairs per device, so the runs differ a little
+    assert b["train_loss"] == pytest.approx(a["train_loss"], abs=0.01)
+    assert b["eval_pairs"] == a["eval_pairs"]
+
+
+@pytest.fixture(scope="module")
+def ppo_two_processes(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ppo2") / "full"
+    check(launch(ppo_args(models, out, per_device_train_batch_size=4)))
+    return out
+
+
+def test_ppo_on_two_processes_splits_the_rollout_and_writes_once(ppo_two_processes):
+    got = metrics(ppo_two_processes)
+    assert (got["num_processes"], got["episodes"], got["train_steps"]) == (2, 64, 4)
+    assert got["rank_divergence"] == 0.0
+    assert [s["step"] for s in log(ppo_two_processes)] == [1, 2, 3, 4]  # one line per update: main process only
+    assert all(s["episodes"] == 16 * s["step"] for s in log(ppo_two_processes))
+
+
+def test_ppo_resumes_under_two_processes_as_if_never_stopped(models, ppo_two_processes, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    args = ppo_args(models, out, per_device_train_batch_size=4)
+    assert launch(args, script="-m tests.ppo_crash_in_step_3").returncode != 0
+    partial = tmp_path / "resumed.partial"
+    assert (partial / "checkpoint-2").is_dir() and [s["step"] for s in log(partial)] == [1, 2]
+
+    assert main(args) == 2  # one process cannot continue a 2-process run
+    assert "written by 2 process(es) and this run has 1" in capsys.readouterr().err
+
+    check(launch(args))
+    uninterrupted, resumed = log(ppo_two_processes), log(out)
+    assert [s["step"] for s in resumed] == [1, 2, 3, 4]
+    for a, b in zip(uninterrupted[2:], resumed[2:], strict=True):
+        for key in a.keys() - {"seconds"}:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    for name, tensor in load_file(ppo_two_processes / "model.safetensors").items():
+        torch.testing.assert_close(load_file(out / "model.safetensors")[name], tensor)

@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: setup base sft label rm eval-rm ppo ppo-ptx rloo grpo demo eval report merge push test lint clean-demo
+.PHONY: setup base sft label rm eval-rm ppo ppo-ptx rloo grpo demo eval report merge push gpu-check test lint clean-demo
 
 setup: $(STAMP)
 
@@ -88,6 +88,11 @@ push: setup
 	$(if $(and $(RUN),$(REPO)),,$(error usage: make push RUN=outputs/<stage> REPO=user/name [PRIVATE=1] [MERGED=1] [DRY_RUN=dir]))
 	$(PYTHON) -m pipeline push $(RUN) --repo_id $(REPO) $(if $(PRIVATE),--private) $(if $(MERGED),--merged) \
 		$(if $(DRY_RUN),--dry_run $(DRY_RUN)) $(ARGS)
+
+# On a machine with a CUDA GPU: SFT, PPO and QLoRA on a random Qwen2.5-0.5B-shaped model in bf16
+# (scripts/gpu_check.py; throughput and peak GPU memory in outputs/gpu_check/gpu_check.json).
+gpu-check: setup
+	$(PYTHON) -m scripts.gpu_check $(if $(OUT),--output_dir $(OUT))
 
 test: setup
 	$(PYTHON) -m pytest -q tests

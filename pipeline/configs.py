@@ -191,6 +191,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+# Words YAML 1.1 reads as booleans that are option values on a command line (`--save_strategy no`)
+_BOOL_WORDS = {"yes", "no", "on", "off"}
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """`value` checked (and widened int -> float) against the annotation `tp`; RecipeError if it cannot fit."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -252,9 +256,12 @@ _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value as YAML would read it, except that 1e-5 is a float (YAML 1.1 says string)."""
+    """A command-line value as YAML would read it, except that 1e-5 is a float (YAML 1.1 says string)
+    and yes/no/on/off stay words (`--save_strategy no`); booleans are true and false."""
     if _FLOAT.match(text) and not text.lstrip("+-").isdigit():
         return float(text)
+    if text.lower() in _BOOL_WORDS:
+        return text
     return yaml.safe_load(text)
 
 

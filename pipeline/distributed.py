@@ -1,12 +1,12 @@
-"""Runs under `accelerate launch`: CPU ranks, the main process's turn first, and a check that ranks agree."""
+"""Runs under `accelerate launch`: CPU ranks, a check that ranks agree, sharded weights, work split over ranks."""
 
 from __future__ import annotations
 
 import os
 
 import torch
-from accelerate import PartialState
-from accelerate.utils import gather
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, gather, gather_object
 
 
 def use_cpu_ranks_without_gpu() -> None:
@@ -27,3 +27,27 @@ def rank_divergence(model: torch.nn.Module) -> float:
     sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(state.device)
     ranks = gather(sums).view(state.num_processes, -1)
     return float((ranks - ranks[0]).abs().max())
+
+
+def weights_are_sharded(accelerator: Accelerator) -> bool:
+    """Whether each rank holds only part of the weights (ZeRO-3, FSDP): then every forward pass is collective."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = accelerator.state.deepspeed_plugin
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3
+
+
+def shard(items: list) -> tuple[list, int]:
+    """This rank's contiguous share of `items`, padded to the same length on every rank, and how many are real.
+
+    Equal lengths keep the ranks' collective forward passes in step; `gather_shards` drops the padding.
+    """
+    state = PartialState()
+    size = -(-len(items) // state.num_processes)
+    mine = items[state.process_index * size : (state.process_index + 1) * size]
+    return mine + [items[-1]] * (size - len(mine)), len(mine)
+
+
+def gather_shards(results: list, real: int) -> list:
+    """Every rank's real results of `shard`, in the order of the items they came from."""
+    return gather_object(results[:real])

@@ -92,3 +92,11 @@ def test_qlora_recipe_keeps_trl_names_and_security_defaults():
     assert model.load_in_4bit and model.use_peft and model.bnb_4bit_quant_type == "nf4"
     assert model.lora_target_modules == "all-linear"  # TRL unwraps a one-item list for PEFT
     assert training.trust_remote_code is False
+
+
+def test_command_line_no_is_a_word_and_false_a_bool():
+    assert parse_overrides(["--save_strategy", "no", "--bf16", "false", "--eval_strategy=off"]) == {
+        "save_strategy": "no",
+        "bf16": False,
+        "eval_strategy": "off",
+    }

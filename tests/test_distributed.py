@@ -5,30 +5,39 @@ processes, SFT's loss equals a 1-process run with the same global batch, and PPO
 ranks, writes once and resumes under 2 processes as an uninterrupted run.
 """
 
+import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from accelerate import PartialState
+from accelerate.commands.config.config_args import load_config_from_file
 from safetensors.torch import load_file
 
 from pipeline.cli import main
 from pipeline.ppo.core import masked_whiten
+from pipeline.ppo.rollout import sample
 from tests.conftest import ROOT, SMOKE, log, metrics, ppo_args, stage_args
 
 MULTI_CPU = ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
 
 
-def launch(args: list[str], script: str = "-m pipeline") -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file multi_cpu.yaml` on a free port, as `make ... ACCELERATE_CONFIG=` runs it."""
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], script: str = "-m pipeline") -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file multi_cpu.yaml` on a free port, as `make ... ACCELERATE_CONFIG=` runs it."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_CPU)]
-    command += ["--main_process_port", str(port), *script.split(), *map(str, args)]
+    command += ["--main_process_port", str(free_port()), *script.split(), *map(str, args)]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -57,6 +66,52 @@ def test_whitening_over_two_ranks_equals_whitening_their_joined_batch(tmp_path):
     torch.testing.assert_close(torch.cat(halves), masked_whiten(values, mask))
     alone = masked_whiten(values[:3], mask[:3])
     assert not torch.allclose(halves[0], alone)  # a rank's own statistics would differ
+
+
+class StopsAfter(torch.nn.Module):
+    """A fake causal LM that says token 5 until its `steps`-th call, then the stop token 2; it counts calls."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps, self.calls = steps, 0
+
+    def forward(self, input_ids, **_):
+        self.calls += 1
+        logits = torch.zeros(len(input_ids), input_ids.shape[1], 8)
+        logits[:, -1, 2 if self.calls >= self.steps else 5] = 10.0
+        return SimpleNamespace(logits=logits, past_key_values=None)
+
+
+def _sample_in_step(rank: int, folder: str, synced: bool) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", ACCELERATE_USE_CPU="true")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=Path(folder, "port").read_text())
+    PartialState(cpu=True)
+    model = StopsAfter(steps=1 if rank == 0 else 5)
+    queries, mask = torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
+    samples = sample(model, queries, mask, 10, 0.0, stop_token_id=2, pad_token_id=0, synced=synced)
+    torch.save({"calls": model.calls, "mask": samples.mask}, f"{folder}/rank{rank}.pt")
+
+
+@pytest.mark.parametrize("synced", [True, False])
+def test_synced_sampling_keeps_every_rank_in_step_until_all_are_done(tmp_path, synced):
+    (tmp_path / "port").write_text(str(free_port()))
+    mp.spawn(_sample_in_step, args=(str(tmp_path), synced), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    # Sharded weights need the same forward passes on every rank; the early rank's responses stay one token
+    assert [r["calls"] for r in ranks] == ([5, 5] if synced else [1, 5])
+    assert ranks[0]["mask"].sum(1).tolist() == [1, 1] and ranks[1]["mask"].sum(1).tolist() == [5, 5]
+
+
+def test_accelerate_configs_load_and_say_what_they_shard():
+    configs = {path.stem: load_config_from_file(str(path)) for path in MULTI_CPU.parent.glob("*.yaml")}
+    assert set(configs) == {"multi_cpu", "ddp", "zero2", "zero3", "fsdp"}
+    assert configs["multi_cpu"].num_processes == 2 and configs["multi_cpu"].use_cpu
+    assert configs["ddp"].distributed_type == "MULTI_GPU"
+    assert configs["zero2"].deepspeed_config["zero_stage"] == 2
+    # PPO saves a ZeRO-3 policy through one gathered 16-bit state dict, and FSDP through a full one
+    assert configs["zero3"].deepspeed_config["zero_stage"] == 3
+    assert configs["zero3"].deepspeed_config["zero3_save_16bit_model"]
+    assert configs["fsdp"].fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
 
 
 def test_sft_on_two_processes_matches_one_process_with_the_same_global_batch(runs, tmp_path):

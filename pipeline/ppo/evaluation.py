@@ -8,6 +8,7 @@ from statistics import mean
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.distributed import gather_shards, shard
 from pipeline.ppo.rollout import decode, encode_prompts, left_pad, sample, sampled_kl, sequence_rewards
 from pipeline.ppo.trainer import PPOTrainer, lm_batch
 from pipeline.sandbox.evaluation import score_responses, summarize
@@ -21,20 +22,25 @@ def win_rate(a: list[float], b: list[float]) -> float:
 
 @torch.no_grad()
 def _responses(trainer: PPOTrainer, conversations: list[list[dict]], batch_size: int) -> dict[str, list]:
-    """Greedy responses of the policy and of the SFT reference, their RM scores, and the sampled KL to SFT."""
-    args, tokenizer, device = trainer.args, trainer.tokenizer, trainer.accelerator.device
-    pad, stop = tokenizer.pad_token_id, trainer.stop_token_id
-    policy = trainer.accelerator.unwrap_model(trainer.policy)
+    """Greedy responses of the policy and of the SFT reference, their RM scores, and the sampled KL to SFT.
+
+    Each rank takes its share of the prompts; every rank gets all the results.
+    """
+    args, tokenizer, accelerator = trainer.args, trainer.tokenizer, trainer.accelerator
+    pad, stop, synced = tokenizer.pad_token_id, trainer.stop_token_id, trainer.sharded
+    policy = accelerator.unwrap_model(trainer.policy)
     policy.eval()
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
+    mine, real = shard(conversations)
     out: dict[str, list] = {k: [] for k in ("ppo", "sft", "ppo_finished", "sft_finished", "rm_ppo", "rm_sft", "kl")}
-    for start in tqdm(range(0, len(conversations), batch_size), desc="evaluating ppo vs sft", unit="batch"):
-        ids = encode_prompts(tokenizer, conversations[start : start + batch_size])
-        queries, query_mask = (t.to(device) for t in left_pad(ids, pad))
+    batches = range(0, len(mine), batch_size)
+    for start in tqdm(batches, desc="evaluating ppo vs sft", unit="batch", disable=not accelerator.is_main_process):
+        ids = encode_prompts(tokenizer, mine[start : start + batch_size])
+        queries, query_mask = (t.to(accelerator.device) for t in left_pad(ids, pad))
         reference, disabled = trainer.reference()
         for name, model, context in (("ppo", policy, contextlib.nullcontext()), ("sft", reference, disabled)):
             with context:
-                greedy = sample(model, queries, query_mask, args.response_length, 0.0, stop, pad)
+                greedy = sample(model, queries, query_mask, args.response_length, 0.0, stop, pad, synced=synced)
             reward_model, reward_context = trainer.reward()
             with reward_context:
                 rewards = sequence_rewards(reward_model, queries, query_mask, greedy.responses, greedy.mask)
@@ -55,26 +61,28 @@ def _responses(trainer: PPOTrainer, conversations: list[list[dict]], batch_size:
             pad,
             generator,
             disabled,
+            synced,
         )
-    return out
+    return {name: gather_shards(values, real) for name, values in out.items()}
 
 
 @torch.no_grad()
 def ptx_losses(trainer: PPOTrainer, texts: list[str], batch_size: int = 32) -> tuple[float, float]:
-    """Mean language-modelling loss on pretraining text of the policy and of the SFT reference."""
+    """Mean language-modelling loss over batches of pretraining text, of the policy and of the SFT reference.
+
+    The batches are the same whatever the number of processes; each rank takes its share of them.
+    """
     tokenizer, device = trainer.tokenizer, trainer.accelerator.device
     policy = trainer.accelerator.unwrap_model(trainer.policy)
+    mine, real = shard([texts[start : start + batch_size] for start in range(0, len(texts), batch_size)])
     losses: dict[str, list[float]] = {"ppo": [], "sft": []}
-    for start in range(0, len(texts), batch_size):
-        batch = {
-            k: v.to(device)
-            for k, v in lm_batch(tokenizer, texts[start : start + batch_size], trainer.args.ptx_max_length).items()
-        }
+    for chunk in mine:
+        batch = {k: v.to(device) for k, v in lm_batch(tokenizer, chunk, trainer.args.ptx_max_length).items()}
         losses["ppo"].append(policy(**batch).loss.item())
         reference, disabled = trainer.reference()
         with disabled:
             losses["sft"].append(reference(**batch).loss.item())
-    return mean(losses["ppo"]), mean(losses["sft"])
+    return mean(gather_shards(losses["ppo"], real)), mean(gather_shards(losses["sft"], real))
 
 
 def compare_to_sft(trainer: PPOTrainer, conversations: list[list[dict]], sandbox: bool, batch_size: int = 100) -> dict:

@@ -10,6 +10,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import reduce
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.ppo.core import entropy_from_logits, logprobs_from_logits, response_mask
@@ -60,11 +61,13 @@ def sample(
     stop_token_id: int | None,
     pad_token_id: int,
     generator: torch.Generator | None = None,
+    synced: bool = False,
 ) -> Samples:
     """Responses to left-padded queries, with the log-probs of the sampled tokens (temperature 0: greedy).
 
     The log-probs come from the same forward passes that chose the tokens, so a rollout needs no
-    second policy pass to score them.
+    second policy pass to score them. `synced`: the weights are sharded over the ranks (ZeRO-3, FSDP),
+    whose forward passes gather them together, so every rank goes on until all ranks are done.
     """
     batch = len(queries)
     mask = query_mask.clone()
@@ -88,7 +91,10 @@ def sample(
         entropies.append(entropy_from_logits(logits))
         if stop_token_id is not None:
             finished = finished | (next_token == stop_token_id)
-        if finished.all():
+        pending = (~finished).sum()
+        if synced:
+            pending = reduce(pending, "sum")
+        if pending == 0:
             break
         positions = positions[:, -1:] + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -133,8 +139,13 @@ def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask
         position_ids=position_ids(attention_mask),
         output_hidden_states=True,
     )
-    head = getattr(model, "module", model).score  # under DDP the head sits on the wrapped module
-    return head(output.hidden_states[-1]).squeeze(-1).float()
+    inner = getattr(model, "module", model)  # under DDP the head sits on the wrapped module
+    hidden = output.hidden_states[-1]
+    # 16-bit weights: peft keeps a LoRA head in fp32 and mixed precision returns fp32 hidden states, so the
+    # head computes in the model's dtype, as it does inside the model's own forward pass
+    half = inner.dtype in (torch.bfloat16, torch.float16)
+    with torch.autocast(device_type=hidden.device.type, dtype=inner.dtype, enabled=half):
+        return inner.score(hidden).squeeze(-1).float()
 
 
 def _sequence_scores(
@@ -184,12 +195,16 @@ def sampled_kl(
     pad_token_id: int,
     generator: torch.Generator,
     reference_context: contextlib.AbstractContextManager | None = None,
+    synced: bool = False,
 ) -> list[float]:
     """KL(policy || reference) per query: the sum over a sampled response of log pi - log pi_ref (nats).
 
-    `reference_context` is entered for the reference pass only (a LoRA policy with its adapter disabled).
+    `reference_context` is entered for the reference pass only (a LoRA policy with its adapter disabled);
+    `synced` as in `sample`.
     """
-    samples = sample(policy, queries, query_mask, max_new_tokens, temperature, stop_token_id, pad_token_id, generator)
+    samples = sample(
+        policy, queries, query_mask, max_new_tokens, temperature, stop_token_id, pad_token_id, generator, synced
+    )
     with reference_context or contextlib.nullcontext():
         ref_logprobs, _ = response_logprobs(
             reference, queries, query_mask, samples.responses, samples.mask, temperature

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from pipeline import outputs
 from pipeline.configs import PipelineError, PPOConfig
+from pipeline.distributed import weights_are_sharded
 from pipeline.ppo import checkpoint
 from pipeline.ppo.core import (
     gae,
@@ -136,6 +137,7 @@ class PPOTrainer:
         )
         self.ptx_position = 0
         self.step = 0
+        self.sharded = weights_are_sharded(accelerator)
         checkpoint.keep_trainable_weights(accelerator)
 
     # Data: a fixed stream of prompt indices (a fresh permutation per pass), so a step's batch depends only on the step
@@ -200,7 +202,15 @@ class PPOTrainer:
             rows = slice(start, start + args.local_rollout_forward_batch_size)
             q, qm = queries[rows], query_mask[rows]
             samples = sample(
-                policy, q, qm, args.response_length, args.temperature, self.stop_token_id, pad, self.generator
+                policy,
+                q,
+                qm,
+                args.response_length,
+                args.temperature,
+                self.stop_token_id,
+                pad,
+                self.generator,
+                synced=self.sharded,
             )
             responses, mask = samples.responses, samples.mask
             reference, disabled = self.reference()

@@ -186,18 +186,19 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         "final_kl_coef": trainer.kl_controller.value,
         "num_processes": accelerator.num_processes,
     }
-    if accelerator.num_processes > 1:
-        unwrap = accelerator.unwrap_model
-        metrics["rank_divergence"] = max(
-            rank_divergence(unwrap(trainer.policy)), rank_divergence(unwrap(trainer.value_model))
-        )
+    policy = accelerator.unwrap_model(trainer.policy)
+    if accelerator.num_processes > 1 and not trainer.sharded:
+        value_model = accelerator.unwrap_model(trainer.value_model)
+        metrics["rank_divergence"] = max(rank_divergence(policy), rank_divergence(value_model))
+    # Every rank evaluates its share of the prompts; ZeRO-3 and FSDP gather the weights to save them
+    metrics.update(compare_to_sft(trainer, held_out, sandbox, script_args.sandbox_eval_batch_size))
+    if args.ptx_dataset_card:
+        ptx_eval, _ = load_card(args.ptx_dataset_card, args.ptx_eval_split, max_rows=200)
+        metrics["ptx_loss"], metrics["ptx_loss_sft"] = ptx_losses(trainer, ptx_eval["text"])
+    state_dict = accelerator.get_state_dict(trainer.policy)
     if accelerator.is_main_process:
-        metrics.update(compare_to_sft(trainer, held_out, sandbox, script_args.sandbox_eval_batch_size))
-        if args.ptx_dataset_card:
-            ptx_eval, _ = load_card(args.ptx_dataset_card, args.ptx_eval_split, max_rows=200)
-            metrics["ptx_loss"], metrics["ptx_loss_sft"] = ptx_losses(trainer, ptx_eval["text"])
         outputs.write_jsonl(work / SAMPLES_FILE, metrics.pop("samples", []))
-        accelerator.unwrap_model(trainer.policy).save_pretrained(str(work))
+        policy.save_pretrained(str(work), state_dict=state_dict)
         tokenizer.save_pretrained(str(work))
         outputs.write_metrics(work, metrics)
         outputs.finish(work, output_dir)

@@ -49,3 +49,11 @@ def ppo_args(models, out, **overrides):
     recipe = SMOKE / "ppo/config_smoke.yaml"
     paths = {"sft_model_path": sft, "reward_model_path": rm, "output_dir": out}
     return stage_args("ppo", recipe, **{**paths, **overrides})
+
+
+@pytest.fixture(scope="session")
+def full_run(models, tmp_path_factory):
+    """The smoke PPO run in one process."""
+    out = tmp_path_factory.mktemp("ppo") / "full"
+    assert main(ppo_args(models, out)) == 0
+    return out

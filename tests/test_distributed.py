@@ -154,10 +154,14 @@ def ppo_two_processes(models, tmp_path_factory):
     return out
 
 
-def test_ppo_on_two_processes_splits_the_rollout_and_writes_once(ppo_two_processes):
-    got = metrics(ppo_two_processes)
+def test_ppo_on_two_processes_splits_the_rollout_and_writes_once(ppo_two_processes, full_run):
+    got, alone = metrics(ppo_two_processes), metrics(full_run)  # the same global batch in one process
     assert (got["num_processes"], got["episodes"], got["train_steps"]) == (2, 64, 4)
     assert got["rank_divergence"] == 0.0
+    # The held-out evaluation is split over the ranks: the SFT side must come out as in one process
+    for key in ("eval_prompts", "gold_mean_sft", "rm_score_mean_sft", "ptx_loss_sft", "gold_mean_rule_baseline"):
+        assert got[key] == pytest.approx(alone[key], rel=1e-5), key
+    assert len((ppo_two_processes / "ppo_samples.jsonl").read_text().splitlines()) == got["eval_prompts"]
     assert [s["step"] for s in log(ppo_two_processes)] == [1, 2, 3, 4]  # one line per update: main process only
     assert all(s["episodes"] == 16 * s["step"] for s in log(ppo_two_processes))
 

@@ -30,13 +30,6 @@ PPO_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def full_run(models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ppo") / "full"
-    assert main(ppo_args(models, out)) == 0
-    return out
-
-
 def test_full_ppo_writes_a_loadable_policy_metrics_and_a_step_log(full_run, models):
     found = metrics(full_run)
     assert set(found) >= PPO_KEYS

@@ -2,6 +2,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from pipeline.cli import main
 
@@ -11,6 +13,17 @@ SMOKE = ROOT / "recipes" / "sandbox"
 
 def log(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def assert_resumed_as_uninterrupted(resumed: Path, uninterrupted: Path) -> None:
+    """A 4-update PPO run resumed from checkpoint-2 logs the steps and ends with the weights of one never stopped."""
+    steps, reference = log(resumed), log(uninterrupted)
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    for a, b in zip(reference[2:], steps[2:], strict=True):
+        for key in a.keys() - {"seconds"}:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    for name, tensor in load_file(uninterrupted / "model.safetensors").items():
+        torch.testing.assert_close(load_file(resumed / "model.safetensors")[name], tensor)
 
 
 def metrics(folder: Path) -> dict:

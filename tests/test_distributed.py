@@ -18,12 +18,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from accelerate import PartialState
 from accelerate.commands.config.config_args import load_config_from_file
-from safetensors.torch import load_file
 
 from pipeline.cli import main
 from pipeline.ppo.core import masked_whiten
 from pipeline.ppo.rollout import sample
-from tests.conftest import ROOT, SMOKE, log, metrics, ppo_args, stage_args
+from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, log, metrics, ppo_args, stage_args
 
 MULTI_CPU = ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
 
@@ -177,10 +176,4 @@ def test_ppo_resumes_under_two_processes_as_if_never_stopped(models, ppo_two_pro
     assert "written by 2 process(es) and this run has 1" in capsys.readouterr().err
 
     check(launch(args))
-    uninterrupted, resumed = log(ppo_two_processes), log(out)
-    assert [s["step"] for s in resumed] == [1, 2, 3, 4]
-    for a, b in zip(uninterrupted[2:], resumed[2:], strict=True):
-        for key in a.keys() - {"seconds"}:
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
-    for name, tensor in load_file(ppo_two_processes / "model.safetensors").items():
-        torch.testing.assert_close(load_file(out / "model.safetensors")[name], tensor)
+    assert_resumed_as_uninterrupted(out, ppo_two_processes)

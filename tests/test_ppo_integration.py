@@ -5,12 +5,11 @@ import json
 import pytest
 import torch
 from peft import AutoPeftModelForCausalLM
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from pipeline.cli import main
 from pipeline.ppo.trainer import PPOTrainer
-from tests.conftest import log, metrics, ppo_args
+from tests.conftest import assert_resumed_as_uninterrupted, log, metrics, ppo_args
 
 PPO_KEYS = {
     "gold_mean",
@@ -67,13 +66,7 @@ def test_an_interrupted_run_resumes_into_the_same_run(full_run, models, tmp_path
     monkeypatch.setattr(PPOTrainer, "learn", learn)
     assert main(ppo_args(models, out)) == 0
 
-    uninterrupted, resumed = log(full_run), log(out)
-    assert [s["step"] for s in resumed] == [1, 2, 3, 4]
-    for a, b in zip(uninterrupted[2:], resumed[2:], strict=True):
-        for key in a.keys() - {"seconds"}:
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
-    for name, tensor in load_file(full_run / "model.safetensors").items():
-        torch.testing.assert_close(load_file(out / "model.safetensors")[name], tensor)
+    assert_resumed_as_uninterrupted(out, full_run)
 
 
 def test_lora_policy_and_value_share_weights_with_reference_and_reward(models, tmp_path):

@@ -43,6 +43,25 @@ class GroupedBatchSampler(Sampler[list[int]]):
         return len(self.batches)
 
 
+class _OncePerSequence(torch.nn.Module):
+    """Calls a sequence classifier once per distinct row of the batch and hands every row its score.
+
+    The pairs of a K-way ranking hold each of its K responses K - 1 times; InstructGPT scores each
+    completion once, so a K = 4 ranking takes 4 forward passes instead of 12. Gradients are the same.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+        rows, inverse = torch.unique(torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True)
+        width = input_ids.shape[1]
+        output = self.model(input_ids=rows[:, :width], attention_mask=rows[:, width:], **kwargs)
+        output.logits = output.logits[inverse]
+        return output
+
+
 def _ragged(gather: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """`gather` that also takes tensors whose first dimension differs across ranks (padded, then cut back)."""
 
@@ -75,6 +94,9 @@ class GroupedRewardTrainer(RewardTrainer):
         if self.accelerator.num_processes > 1:
             # RewardTrainer gathers every rank's rewards each step; grouped batches differ in size across ranks
             self.accelerator.gather = _ragged(self.accelerator.gather)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return super().compute_loss(_OncePerSequence(model), inputs, return_outputs, num_items_in_batch)
 
     def get_train_dataloader(self) -> DataLoader:
         if "group" not in self.train_dataset.column_names:

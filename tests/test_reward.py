@@ -1,8 +1,10 @@
 import pytest
+import torch
+from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from pipeline.data import load_card
 from pipeline.data.formats import Drop, ranked
-from pipeline.reward import GroupedBatchSampler, spearman
+from pipeline.reward import GroupedBatchSampler, _OncePerSequence, spearman
 from pipeline.sandbox import Labeler
 from pipeline.sandbox.comparisons import contrast_pair, ranked_row
 from pipeline.sandbox.tasks import parse_prompt
@@ -111,3 +113,31 @@ def test_contrast_pairs_differ_only_in_correctness():
                 right, wrong = (gold_components(prompt, text) for text in pair)
                 assert right["style"] == wrong["style"] and right["correctness"] > wrong["correctness"]
     assert made >= 30
+
+
+def test_each_distinct_sequence_is_scored_once_with_the_same_scores_and_gradients():
+    config = LlamaConfig(
+        vocab_size=30, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_labels=1, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    a, b, c, d = [5, 6, 7, 0], [5, 6, 8, 9], [5, 6, 0, 0], [5, 6, 9, 9]
+    # A K = 4 ranking's 6 pairs as TRL's collator lays them out: the chosen rows, then the rejected rows
+    chosen, rejected = [a, a, a, b, b, c], [b, c, d, c, d, d]
+    input_ids = torch.tensor(chosen + rejected)
+    batch = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
+    calls = []
+    model.register_forward_hook(lambda _, args, kwargs, out: calls.append(len(kwargs["input_ids"])), with_kwargs=True)
+    weights = torch.arange(12.0)
+
+    model(**batch).logits.squeeze(-1).mul(weights).sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits = _OncePerSequence(model)(**batch).logits
+    logits.squeeze(-1).mul(weights).sum().backward()
+
+    assert calls == [12, 4]
+    torch.testing.assert_close(logits, model(**batch).logits)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], msg=name)

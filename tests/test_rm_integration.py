@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification
 
@@ -43,6 +44,14 @@ def test_label_ranks_k_samples_per_prompt(runs):
     found = metrics(out)
     assert found["train_lists"] == len(train) and found["contrast_lists"] > 0
     assert found["train_pairs"] == sum(len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in train)
+
+
+def test_label_gives_the_same_comparisons_whatever_ran_before_it(runs, tmp_path):
+    recipe = SMOKE / "label/config_smoke.yaml"
+    for name, seed in (("a", 1), ("b", 2)):  # another stage in the same process leaves the RNG anywhere
+        torch.manual_seed(seed)
+        assert main(stage_args("label", recipe, model_name_or_path=runs / "sft", output_dir=tmp_path / name)) == 0
+    assert (tmp_path / "a" / "train.jsonl").read_text() == (tmp_path / "b" / "train.jsonl").read_text()
 
 
 def test_rm_stage_trains_and_reports_against_the_bayes_ceiling(runs):

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from statistics import mean
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from pipeline import outputs
 from pipeline.configs import LabelConfig
@@ -42,7 +42,9 @@ def run(config: LabelConfig, recipe: dict) -> dict:
         by_family[parse_prompt(row["prompt"][-1]["content"]).family].append(row["prompt"][-1]["content"])
     prompts = [by_family[f][i % len(by_family[f])] for i in range(config.prompts_per_family) for f in sorted(by_family)]
 
-    # Policy: K samples per prompt at the recipe's temperature
+    # Policy: K samples per prompt at the recipe's temperature (seeded: the same comparisons whether this
+    # stage runs alone or after others in one process)
+    set_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path)
     k = config.num_responses

@@ -1,6 +1,6 @@
 """PPO checkpoints: everything a resumed run needs to continue as if it had never stopped.
 
-accelerate's `save_state` writes the trained models, both optimisers and schedulers and each rank's
+accelerate's `save_state` writes the trained weights, the optimiser and scheduler and each rank's
 RNG states, in whatever form the run's sharding needs (DDP, DeepSpeed ZeRO, FSDP); `trainer_state.pt`
 adds the step, the KL controller, the data positions and each rank's sampling generator. A
 checkpoint is written as `tmp-checkpoint-N/` and renamed to `checkpoint-N/` when complete, so a run
@@ -61,6 +61,6 @@ def latest(work: Path) -> tuple[int, Path] | None:
 
 
 def load(folder: Path, accelerator: Accelerator) -> dict[str, Any]:
-    """Load weights, optimisers, schedulers and RNG states, and return the trainer state."""
+    """Load weights, optimiser, scheduler and RNG states, and return the trainer state."""
     accelerator.load_state(str(folder), strict=False)  # the frozen weights are not in the checkpoint
     return torch.load(folder / STATE_FILE, weights_only=True)

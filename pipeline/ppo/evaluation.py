@@ -28,7 +28,7 @@ def _responses(trainer: PPOTrainer, conversations: list[list[dict]], batch_size:
     """
     args, tokenizer, accelerator = trainer.args, trainer.tokenizer, trainer.accelerator
     pad, stop, synced = tokenizer.pad_token_id, trainer.stop_token_id, trainer.sharded
-    policy = accelerator.unwrap_model(trainer.policy)
+    policy = trainer.policy
     policy.eval()
     generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
     mine, real = shard(conversations)
@@ -73,7 +73,7 @@ def ptx_losses(trainer: PPOTrainer, texts: list[str], batch_size: int = 32) -> t
     The batches are the same whatever the number of processes; each rank takes its share of them.
     """
     tokenizer, device = trainer.tokenizer, trainer.accelerator.device
-    policy = trainer.accelerator.unwrap_model(trainer.policy)
+    policy = trainer.policy
     mine, real = shard([texts[start : start + batch_size] for start in range(0, len(texts), batch_size)])
     losses: dict[str, list[float]] = {"ppo": [], "sft": []}
     for chunk in mine:

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
@@ -72,6 +73,26 @@ def lm_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: i
     return {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
 
 
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class PolicyAndValue(torch.nn.Module):
+    """The policy and the value model as one module, whose forward runs the passes PPO trains on."""
+
+    def __init__(self, policy: PreTrainedModel, value_model: PreTrainedModel) -> None:
+        super().__init__()
+        self.policy, self.value_model = policy, value_model
+
+    def forward(self, part: Literal["logprobs", "values", "lm_loss"], *args: Any, **kwargs: Any) -> Any:
+        """`logprobs`: `response_logprobs` of the policy; `values`: `response_values`; `lm_loss`: the policy's loss."""
+        if part == "logprobs":
+            return response_logprobs(self.policy, *args, **kwargs)
+        if part == "values":
+            return response_values(self.value_model, *args, **kwargs)
+        return self.policy(**kwargs).loss
+
+
 class PPOTrainer:
     def __init__(
         self,
@@ -102,26 +123,24 @@ class PPOTrainer:
         self.num_updates = -(-args.total_episodes // self.batch_size)
         optimizer_steps = self.num_updates * args.num_ppo_epochs * args.num_mini_batches
 
-        policy_optimizer = torch.optim.AdamW(
-            [p for p in policy.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
-        )
-        value_optimizer = torch.optim.AdamW(
-            [p for p in value_model.parameters() if p.requires_grad],
-            lr=args.value_learning_rate or args.learning_rate,
+        # One module and one optimiser (a parameter group each) for the two trained models: under
+        # DeepSpeed an Accelerator prepares a single model
+        trained = PolicyAndValue(policy, value_model)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": trainable(policy), "lr": args.learning_rate},
+                {"params": trainable(value_model), "lr": args.value_learning_rate or args.learning_rate},
+            ],
+            lr=args.learning_rate,
             weight_decay=args.weight_decay,
         )
-        schedulers = [
-            get_scheduler(
-                args.lr_scheduler_type,
-                optimizer,
-                num_warmup_steps=args.get_warmup_steps(optimizer_steps),
-                num_training_steps=optimizer_steps,
-            )
-            for optimizer in (policy_optimizer, value_optimizer)
-        ]
-        (self.policy, self.value_model, self.policy_optimizer, self.value_optimizer, *self.schedulers) = (
-            accelerator.prepare(policy, value_model, policy_optimizer, value_optimizer, *schedulers)
+        scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=args.get_warmup_steps(optimizer_steps),
+            num_training_steps=optimizer_steps,
         )
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(trained, optimizer, scheduler)
         self.kl_controller = (
             AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
             if args.kl_target
@@ -170,21 +189,27 @@ class PPOTrainer:
         self.ptx_position += 1
         texts = [self.ptx_texts[i] for i in self.ptx_order[start : start + size]]
         batch = lm_batch(self.tokenizer, texts, self.args.ptx_max_length)
-        return self.policy(**{k: v.to(self.accelerator.device) for k, v in batch.items()}).loss
+        return self.model("lm_loss", **{k: v.to(self.accelerator.device) for k, v in batch.items()})
+
+    @property
+    def policy(self) -> PreTrainedModel:
+        return self.accelerator.unwrap_model(self.model).policy
+
+    @property
+    def value_model(self) -> PreTrainedModel:
+        return self.accelerator.unwrap_model(self.model).value_model
 
     def reference(self) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
         """The frozen SFT policy, and the context in which to call it."""
         if self.ref_policy is not None:
             return self.ref_policy, contextlib.nullcontext()
-        policy = self.accelerator.unwrap_model(self.policy)
-        return policy, policy.disable_adapter()
+        return self.policy, self.policy.disable_adapter()
 
     def reward(self) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
         """The frozen reward model, and the context in which to call it."""
         if self.reward_model is not None:
             return self.reward_model, contextlib.nullcontext()
-        value_model = self.accelerator.unwrap_model(self.value_model)
-        return value_model, value_model.disable_adapter()
+        return self.value_model, self.value_model.disable_adapter()
 
     @torch.no_grad()
     def rollout(self, step: int) -> tuple[Rollout, dict[str, float]]:
@@ -193,45 +218,46 @@ class PPOTrainer:
         indices = self._batch_indices(step)
         queries, query_mask = left_pad([self.query_ids[i] for i in indices], pad)
         queries, query_mask = queries.to(device), query_mask.to(device)
-        # No-grad passes call the models themselves, not their multi-process wrappers
-        policy = self.accelerator.unwrap_model(self.policy)
-        value_model = self.accelerator.unwrap_model(self.value_model)
+        # No-grad passes call the models themselves, not their multi-process wrapper
+        policy, value_model = self.policy, self.value_model
         policy.eval()
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
-        for start in range(0, len(indices), args.local_rollout_forward_batch_size):
-            rows = slice(start, start + args.local_rollout_forward_batch_size)
-            q, qm = queries[rows], query_mask[rows]
-            samples = sample(
-                policy,
-                q,
-                qm,
-                args.response_length,
-                args.temperature,
-                self.stop_token_id,
-                pad,
-                self.generator,
-                synced=self.sharded,
-            )
-            responses, mask = samples.responses, samples.mask
-            reference, disabled = self.reference()
-            with disabled:
-                ref_logprobs, _ = response_logprobs(reference, q, qm, responses, mask, args.temperature)
-            values = response_values(value_model, q, qm, responses, mask)
-            reward_model, disabled = self.reward()
-            with disabled:
-                scores = sequence_rewards(reward_model, q, qm, responses, mask)
-            pad_to = args.response_length - responses.shape[1]
-            for name, tensor in (
-                ("responses", responses),
-                ("mask", mask),
-                ("logprobs", samples.logprobs),
-                ("ref_logprobs", ref_logprobs),
-                ("values", values),
-                ("entropy", samples.entropy),
-            ):
-                fill = pad if name == "responses" else 0
-                parts[name].append(torch.nn.functional.pad(tensor, (0, pad_to), value=fill))
-            parts["scores"].append(scores)
+        # The passes of training run under mixed precision's autocast; these match them
+        with self.accelerator.autocast():
+            for start in range(0, len(indices), args.local_rollout_forward_batch_size):
+                rows = slice(start, start + args.local_rollout_forward_batch_size)
+                q, qm = queries[rows], query_mask[rows]
+                samples = sample(
+                    policy,
+                    q,
+                    qm,
+                    args.response_length,
+                    args.temperature,
+                    self.stop_token_id,
+                    pad,
+                    self.generator,
+                    synced=self.sharded,
+                )
+                responses, mask = samples.responses, samples.mask
+                reference, disabled = self.reference()
+                with disabled:
+                    ref_logprobs, _ = response_logprobs(reference, q, qm, responses, mask, args.temperature)
+                values = response_values(value_model, q, qm, responses, mask)
+                reward_model, disabled = self.reward()
+                with disabled:
+                    scores = sequence_rewards(reward_model, q, qm, responses, mask)
+                pad_to = args.response_length - responses.shape[1]
+                for name, tensor in (
+                    ("responses", responses),
+                    ("mask", mask),
+                    ("logprobs", samples.logprobs),
+                    ("ref_logprobs", ref_logprobs),
+                    ("values", values),
+                    ("entropy", samples.entropy),
+                ):
+                    fill = pad if name == "responses" else 0
+                    parts[name].append(torch.nn.functional.pad(tensor, (0, pad_to), value=fill))
+                parts["scores"].append(scores)
         batch = {name: torch.cat(tensors) for name, tensors in parts.items()}
         width = int(batch["mask"].sum(1).max())
         batch = {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
@@ -286,24 +312,21 @@ class PPOTrainer:
     def learn(self, rollout: Rollout) -> dict[str, float]:
         """num_ppo_epochs passes over the rollout in shuffled mini-batches: clipped policy and value updates."""
         args, accelerator = self.args, self.accelerator
-        self.policy.train()
-        self.value_model.train()
+        self.model.train()
         collected: dict[str, list[float]] = defaultdict(list)
         for _ in range(args.num_ppo_epochs):
             order = torch.randperm(self.local_batch_size, generator=self.generator).to(accelerator.device)
             for mini_batch in order.split(self.mini_batch_size):
                 for micro_batch in mini_batch.split(args.per_device_train_batch_size):
                     part = rollout[micro_batch]
-                    with accelerator.accumulate(self.policy, self.value_model):
-                        logprobs, entropy = response_logprobs(
-                            self.policy, part.queries, part.query_mask, part.responses, part.mask, args.temperature
+                    with accelerator.accumulate(self.model):
+                        logprobs, entropy = self.model(
+                            "logprobs", part.queries, part.query_mask, part.responses, part.mask, args.temperature
                         )
                         pg_loss, pg_stats = policy_loss(
                             logprobs, part.logprobs, part.advantages, part.mask, args.cliprange
                         )
-                        values = response_values(
-                            self.value_model, part.queries, part.query_mask, part.responses, part.mask
-                        )
+                        values = self.model("values", part.queries, part.query_mask, part.responses, part.mask)
                         vf_loss, vf_stats = value_loss(
                             values, part.values, part.returns, part.mask, args.cliprange_value
                         )
@@ -314,21 +337,18 @@ class PPOTrainer:
                             collected["loss/ptx"].append(ptx_loss.item())
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and args.max_grad_norm:
-                            accelerator.clip_grad_norm_(self.policy.parameters(), args.max_grad_norm)
-                            accelerator.clip_grad_norm_(self.value_model.parameters(), args.max_grad_norm)
-                        for optimizer, scheduler in zip(
-                            (self.policy_optimizer, self.value_optimizer), self.schedulers, strict=True
-                        ):
-                            optimizer.step()
-                            scheduler.step()
-                            optimizer.zero_grad()
+                            for model in (self.policy, self.value_model):  # each model's norm clipped alone
+                                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        self.optimizer.step()
+                        self.scheduler.step()
+                        self.optimizer.zero_grad()
                     collected["loss/policy"].append(pg_loss.item())
                     collected["loss/value"].append(vf_loss.item())
                     collected["policy/entropy"].append(masked_mean(entropy.detach(), part.mask).item())
                     for name, value in {**pg_stats, **vf_stats}.items():
                         collected[name].append(value.item())
         stats = {name: sum(values) / len(values) for name, values in collected.items()}
-        stats["lr"] = self.schedulers[0].get_last_lr()[0]
+        stats["lr"] = self.scheduler.get_last_lr()[0]
         return stats
 
     def _state(self, generators: list[torch.Tensor]) -> dict:

@@ -186,19 +186,20 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         "final_kl_coef": trainer.kl_controller.value,
         "num_processes": accelerator.num_processes,
     }
-    policy = accelerator.unwrap_model(trainer.policy)
     if accelerator.num_processes > 1 and not trainer.sharded:
-        value_model = accelerator.unwrap_model(trainer.value_model)
-        metrics["rank_divergence"] = max(rank_divergence(policy), rank_divergence(value_model))
-    # Every rank evaluates its share of the prompts; ZeRO-3 and FSDP gather the weights to save them
-    metrics.update(compare_to_sft(trainer, held_out, sandbox, script_args.sandbox_eval_batch_size))
-    if args.ptx_dataset_card:
-        ptx_eval, _ = load_card(args.ptx_dataset_card, args.ptx_eval_split, max_rows=200)
-        metrics["ptx_loss"], metrics["ptx_loss_sft"] = ptx_losses(trainer, ptx_eval["text"])
-    state_dict = accelerator.get_state_dict(trainer.policy)
+        metrics["rank_divergence"] = rank_divergence(accelerator.unwrap_model(trainer.model))
+    # Every rank evaluates its share of the prompts (with training's mixed precision); ZeRO-3 and FSDP
+    # gather the weights to save them
+    with accelerator.autocast():
+        metrics.update(compare_to_sft(trainer, held_out, sandbox, script_args.sandbox_eval_batch_size))
+        if args.ptx_dataset_card:
+            ptx_eval, _ = load_card(args.ptx_dataset_card, args.ptx_eval_split, max_rows=200)
+            metrics["ptx_loss"], metrics["ptx_loss_sft"] = ptx_losses(trainer, ptx_eval["text"])
+    state_dict = accelerator.get_state_dict(trainer.model)  # gathered on the main process
     if accelerator.is_main_process:
         outputs.write_jsonl(work / SAMPLES_FILE, metrics.pop("samples", []))
-        policy.save_pretrained(str(work), state_dict=state_dict)
+        policy_weights = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
+        trainer.policy.save_pretrained(str(work), state_dict=policy_weights)
         tokenizer.save_pretrained(str(work))
         outputs.write_metrics(work, metrics)
         outputs.finish(work, output_dir)

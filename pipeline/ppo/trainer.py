@@ -184,8 +184,8 @@ class PPOTrainer:
     def _ptx_loss(self) -> torch.Tensor:
         # Each rank takes its own batches of the one shuffled stream
         size, accelerator = self.args.ptx_batch_size, self.accelerator
-        batch = self.ptx_position * accelerator.num_processes + accelerator.process_index
-        start = batch % (len(self.ptx_order) // size) * size
+        index = self.ptx_position * accelerator.num_processes + accelerator.process_index
+        start = index % (len(self.ptx_order) // size) * size
         self.ptx_position += 1
         texts = [self.ptx_texts[i] for i in self.ptx_order[start : start + size]]
         batch = lm_batch(self.tokenizer, texts, self.args.ptx_max_length)

@@ -139,13 +139,12 @@ def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask
         position_ids=position_ids(attention_mask),
         output_hidden_states=True,
     )
-    inner = getattr(model, "module", model)  # under DDP the head sits on the wrapped module
     hidden = output.hidden_states[-1]
     # 16-bit weights: peft keeps a LoRA head in fp32 and mixed precision returns fp32 hidden states, so the
     # head computes in the model's dtype, as it does inside the model's own forward pass
-    half = inner.dtype in (torch.bfloat16, torch.float16)
-    with torch.autocast(device_type=hidden.device.type, dtype=inner.dtype, enabled=half):
-        return inner.score(hidden).squeeze(-1).float()
+    half = model.dtype in (torch.bfloat16, torch.float16)
+    with torch.autocast(device_type=hidden.device.type, dtype=model.dtype, enabled=half):
+        return model.score(hidden).squeeze(-1).float()
 
 
 def _sequence_scores(

@@ -141,3 +141,24 @@ def test_each_distinct_sequence_is_scored_once_with_the_same_scores_and_gradient
     torch.testing.assert_close(logits, model(**batch).logits)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, expected[name], msg=name)
+
+
+def test_gold_agreement_is_split_by_what_sets_two_responses_apart(monkeypatch):
+    from pipeline.stages import eval_rm
+
+    # a > b by correctness alone, a > c by style alone, b > c by both; the RM gets only the first wrong
+    row = {
+        "prompt": USER,
+        "responses": [reply("3"), reply("4"), reply("Sure! 3")],
+        "gold": [0.9, 0.6, 0.5],
+        "correctness": [1.0, 0.4, 1.0],
+        "style": [0.8, 0.8, 0.0],
+        "family": "add",
+        "labeler_temperature": 0.1,
+    }
+    same = {**row, "responses": [reply("3"), reply("3")], "gold": [0.9, 0.9], "correctness": [1, 1], "style": [1, 1]}
+    monkeypatch.setattr(eval_rm, "reward_scores", lambda *args, **kwargs: [0.0, 1.0, -1.0, 0.5, 0.5])
+    found = eval_rm.evaluate_reward_model(None, None, [row, same])
+    assert found["eval_pairs"] == 3 and found["eval_accuracy"] == pytest.approx(2 / 3)
+    assert found["gold_order_agreement"] == pytest.approx(2 / 3)
+    assert found["gold_order_agreement_by_difference"] == {"correctness": 0.0, "style": 1.0, "both": 1.0}

@@ -2,14 +2,16 @@
 
 On held-out comparisons: accuracy on the labelers' (noisy) preferences; where the rows carry the
 judge's scores (the sandbox), the Bayes-optimal accuracy of the same pairs under the labelers'
-noise and the ratio of the two, the agreement with the noise-free gold ordering, and Spearman
-correlations of the reward with gold, with the judge's correctness and style parts, and per family.
+noise and the ratio of the two, the agreement with the noise-free gold ordering (overall, and for
+pairs that differ only in correctness, only in style, or in both), and Spearman correlations of
+the reward with gold, with the judge's correctness and style parts, and per family.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from statistics import mean, pstdev
 
@@ -38,6 +40,12 @@ def comparison_rows(
     return [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]]} for p in pairs]
 
 
+def _difference(row: dict, i: int, j: int) -> str:
+    """What sets two responses apart in the judge's eyes: "correctness", "style" or "both"."""
+    correctness, style = row["correctness"][i] != row["correctness"][j], row["style"][i] != row["style"][j]
+    return "both" if correctness and style else "correctness" if correctness else "style"
+
+
 def evaluate_reward_model(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict], max_length: int | None = None
 ) -> dict:
@@ -49,7 +57,9 @@ def evaluate_reward_model(
         per_row.append(scores[start : start + len(row["responses"])])
         start += len(row["responses"])
 
-    correct, pairs, gold_pairs, agree, ordered = 0.0, 0, [], 0, 0
+    correct, pairs, gold_pairs = 0.0, 0, []
+    agree: Counter[str] = Counter()
+    ordered: Counter[str] = Counter()
     for row, s in zip(rows, per_row, strict=True):
         gold = row.get("gold")
         for i in range(len(s)):
@@ -61,8 +71,9 @@ def evaluate_reward_model(
                 if gold is not None:
                     gold_pairs.append((gold[i], gold[j]))
                     if gold[i] != gold[j]:
-                        ordered += 1
-                        agree += (s[i] - s[j]) * (gold[i] - gold[j]) > 0
+                        for key in ("all", _difference(row, i, j)):
+                            ordered[key] += 1
+                            agree[key] += (s[i] - s[j]) * (gold[i] - gold[j]) > 0
     metrics = {
         "eval_accuracy": correct / pairs if pairs else None,
         "eval_pairs": pairs,
@@ -80,7 +91,10 @@ def evaluate_reward_model(
         metrics |= {
             "bayes_accuracy": bayes,
             "accuracy_to_bayes": metrics["eval_accuracy"] / bayes,
-            "gold_order_agreement": agree / ordered if ordered else None,
+            "gold_order_agreement": agree["all"] / ordered["all"] if ordered else None,
+            "gold_order_agreement_by_difference": {
+                key: agree[key] / ordered[key] for key in ("correctness", "style", "both") if ordered[key]
+            },
             "spearman_gold": spearman(scores, column("gold")),
             "spearman_correctness": spearman(scores, column("correctness")),
             "spearman_style": spearman(scores, column("style")),

@@ -22,8 +22,9 @@ def assert_resumed_as_uninterrupted(resumed: Path, uninterrupted: Path) -> None:
     for a, b in zip(reference[2:], steps[2:], strict=True):
         for key in a.keys() - {"seconds"}:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    weights = load_file(resumed / "model.safetensors")
     for name, tensor in load_file(uninterrupted / "model.safetensors").items():
-        torch.testing.assert_close(load_file(resumed / "model.safetensors")[name], tensor)
+        torch.testing.assert_close(weights[name], tensor)
 
 
 def metrics(folder: Path) -> dict:

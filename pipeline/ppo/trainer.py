@@ -203,13 +203,15 @@ class PPOTrainer:
         """The frozen SFT policy, and the context in which to call it."""
         if self.ref_policy is not None:
             return self.ref_policy, contextlib.nullcontext()
-        return self.policy, self.policy.disable_adapter()
+        policy = self.policy
+        return policy, policy.disable_adapter()
 
     def reward(self) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
         """The frozen reward model, and the context in which to call it."""
         if self.reward_model is not None:
             return self.reward_model, contextlib.nullcontext()
-        return self.value_model, self.value_model.disable_adapter()
+        value_model = self.value_model
+        return value_model, value_model.disable_adapter()
 
     @torch.no_grad()
     def rollout(self, step: int) -> tuple[Rollout, dict[str, float]]:

@@ -47,10 +47,24 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase, where: str, assistan
         )
 
 
+def _keep_4bit_layout_on_cpu(model: PreTrainedModel) -> PreTrainedModel:
+    """Keep bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernel where it cannot.
+
+    bitsandbytes 0.50 repacks a 4-bit layer at its first no-grad forward pass on such a CPU, and the
+    repacking fails ("shape ... is invalid") when the layer's input size is not a multiple of the
+    quantisation block (64): the sandbox's small models. Those layers keep the plain 4-bit kernel.
+    """
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if hasattr(module, "support_avx512bf16_for_cpu") and state is not None and module.in_features % state.blocksize:
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def _load(auto_class: type, model_args: ModelConfig, trust_remote_code: bool, **kwargs) -> PreTrainedModel:
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     try:
-        return auto_class.from_pretrained(
+        model = auto_class.from_pretrained(
             model_args.model_name_or_path,
             revision=model_args.model_revision,
             dtype=dtype,
@@ -63,6 +77,7 @@ def _load(auto_class: type, model_args: ModelConfig, trust_remote_code: bool, **
     except OSError as error:
         reason = str(error).strip().splitlines()[0]
         raise PipelineError(f"could not load the model {model_args.model_name_or_path}: {reason}") from error
+    return _keep_4bit_layout_on_cpu(model)
 
 
 def load_causal_lm(model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:

@@ -31,7 +31,7 @@ COLORS = {
     "rule": "tab:brown",
 }
 # Our PPO log's keys, and those of TRL's RLOO/GRPO logs (`reward`: the RM alone, the gold judge weighs 0).
-PPO_KEYS = {"score": "objective/scores", "gold": "objective/gold", "entropy": "objective/entropy"}
+PPO_KEYS = {"score": "objective/rm_score", "gold": "objective/gold", "entropy": "objective/token_entropy"}
 TRL_KEYS = {"score": "reward", "gold": "rewards/gold/mean", "entropy": "entropy"}
 
 
@@ -75,7 +75,7 @@ def rl_runs(run_dir: Path, skip: set[str] = frozenset()) -> dict[str, list[dict]
         rows = [] if name in skip else _log(run_dir / name)
         if name.startswith("ppo"):
             runs[name] = [
-                {"episodes": r["episodes"], "kl": r["objective/kl"], **{k: r.get(v) for k, v in PPO_KEYS.items()}}
+                {"episodes": r["episode"], "kl": r["objective/kl"], **{k: r.get(v) for k, v in PPO_KEYS.items()}}
                 for r in rows
             ]
             continue

@@ -162,7 +162,9 @@ def test_ppo_on_two_processes_splits_the_rollout_and_writes_once(ppo_two_process
         assert got[key] == pytest.approx(alone[key], rel=1e-5), key
     assert len((ppo_two_processes / "ppo_samples.jsonl").read_text().splitlines()) == got["eval_prompts"]
     assert [s["step"] for s in log(ppo_two_processes)] == [1, 2, 3, 4]  # one line per update: main process only
-    assert all(s["episodes"] == 16 * s["step"] for s in log(ppo_two_processes))
+    assert all(s["episode"] == 16 * s["step"] for s in log(ppo_two_processes))
+    # The learning-rate schedule counts optimiser steps, not optimiser steps x processes
+    assert [s["lr"] for s in log(ppo_two_processes)] == pytest.approx([s["lr"] for s in log(full_run)], abs=1e-12)
 
 
 def test_ppo_resumes_under_two_processes_as_if_never_stopped(models, ppo_two_processes, tmp_path, capsys):

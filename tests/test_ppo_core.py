@@ -94,17 +94,17 @@ def test_policy_loss_clips_in_the_direction_of_the_advantage():
     loss, stats = policy_loss(new, old, torch.tensor([[1.0, -1.0]]), mask, cliprange=0.2)
     # advantage +1: max(-1.6487, -1.2) = -1.2 (clipped); advantage -1: max(1.6487, 1.2) = 1.6487 (not)
     assert loss.item() == pytest.approx((-1.2 + math.exp(0.5)) / 2)
-    assert stats["policy/clipfrac"].item() == pytest.approx(0.5)
+    assert stats["policy/clipfrac_avg"].item() == pytest.approx(0.5)
     assert stats["policy/approxkl"].item() == pytest.approx(0.5 * 0.25)
     same, stats = policy_loss(old, old, torch.tensor([[1.0, -1.0]]), mask, cliprange=0.2)
-    assert same.item() == pytest.approx(0.0) and stats["policy/clipfrac"].item() == 0
+    assert same.item() == pytest.approx(0.0) and stats["policy/clipfrac_avg"].item() == 0
 
 
 def test_value_loss_clips_around_the_old_value():
     loss, stats = value_loss(torch.ones(1, 1), torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), 0.2)
     # unclipped error 0, clipped value 0.2 -> error 0.64; the max is taken: 0.5 * 0.64
     assert loss.item() == pytest.approx(0.32)
-    assert stats["value/clipfrac"].item() == 1.0
+    assert stats["val/clipfrac_avg"].item() == 1.0
     loss, _ = value_loss(torch.tensor([[0.1]]), torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), 0.2)
     assert loss.item() == pytest.approx(0.5 * 0.81)
 

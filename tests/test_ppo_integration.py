@@ -8,6 +8,7 @@ from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM
 
 from pipeline.cli import main
+from pipeline.ppo import trainer as ppo_trainer
 from pipeline.ppo.trainer import PPOTrainer
 from tests.conftest import assert_resumed_as_uninterrupted, log, metrics, ppo_args
 
@@ -38,7 +39,7 @@ def test_full_ppo_writes_a_loadable_policy_metrics_and_a_step_log(full_run, mode
     assert [s["step"] for s in steps] == [1, 2, 3, 4]
     # sampling log-probs and the reference pass agree before the first update: the KL starts at ~0
     assert abs(steps[0]["objective/kl"]) < 1e-3
-    assert all(0 <= s["policy/clipfrac"] <= 1 and "objective/gold" in s for s in steps)
+    assert all(0 <= s["policy/clipfrac_avg"] <= 1 and "objective/gold" in s for s in steps)
     assert not list(full_run.glob("checkpoint-*")) and not full_run.with_name("full.partial").exists()
     trained = AutoModelForCausalLM.from_pretrained(full_run)
     sft = AutoModelForCausalLM.from_pretrained(models[0])
@@ -78,6 +79,47 @@ def test_lora_policy_and_value_share_weights_with_reference_and_reward(models, t
     assert set(metrics(out)) >= PPO_KEYS
     policy = AutoPeftModelForCausalLM.from_pretrained(out)
     assert policy.peft_config["default"].r == 8
+
+
+def test_the_linear_schedule_counts_optimiser_steps(full_run):
+    # 4 updates x (2 epochs x 2 mini-batches) = 16 optimiser steps, 2 of warmup: the rate after update k
+    # is 1e-4 x (16 - 4k) / 14
+    rates = [s["lr"] for s in log(full_run)]
+    assert rates == pytest.approx([1e-4 * (16 - 4 * k) / 14 for k in (1, 2, 3, 4)], abs=1e-12)
+
+
+def test_lora_ppo_has_no_dropout_and_scores_in_eval_mode(models, tmp_path, monkeypatch):
+    """LoRA dropout 0.05 (ModelConfig's default) is switched off, so each update starts at ratio 1."""
+    seen: dict[str, list] = {"dropout": [], "scoring_in_train_mode": []}
+    train = PPOTrainer.train
+
+    def inspect_then_train(self):
+        seen["dropout"] = [m.p for m in self.model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert self.sampling_generator.device == self.accelerator.device
+        return train(self)
+
+    def recording(function):
+        def passes(model, *args, **kwargs):
+            if not torch.is_grad_enabled():  # rollout passes; the learning passes need train mode
+                seen["scoring_in_train_mode"].append(model.training)
+            return function(model, *args, **kwargs)
+
+        return passes
+
+    monkeypatch.setattr(PPOTrainer, "train", inspect_then_train)
+    for name in ("response_logprobs", "response_values", "sequence_rewards"):
+        monkeypatch.setattr(ppo_trainer, name, recording(getattr(ppo_trainer, name)))
+    out = tmp_path / "lora_dropout"
+    lora = {"use_peft": "true", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "learning_rate": 1e-3}
+    # One optimiser step per update: each update's statistics are those of the rollout's own policy
+    one_step = {"num_ppo_epochs": 1, "num_mini_batches": 1, "total_episodes": 32}
+    assert main(ppo_args(models, out, **lora, **one_step)) == 0
+    assert seen["dropout"] and set(seen["dropout"]) == {0.0}
+    assert seen["scoring_in_train_mode"] and not any(seen["scoring_in_train_mode"])
+    steps = log(out)
+    assert len(steps) == 4
+    for step in steps:
+        assert step["policy/approxkl"] < 1e-10 and step["policy/clipfrac_avg"] == 0, step["step"]
 
 
 def test_ppo_ptx_adds_the_pretraining_loss(models, tmp_path):

@@ -25,10 +25,10 @@ def _run(tmp_path, with_ppo=True):
         for stage in ("ppo", "ppo_ptx"):
             rows = [
                 {
-                    "episodes": 64 * s,
-                    "objective/scores": s / 4,
+                    "episode": 64 * s,
+                    "objective/rm_score": s / 4,
                     "objective/kl": s / 10,
-                    "objective/entropy": 0.5,
+                    "objective/token_entropy": 0.5,
                     "objective/gold": 0.6 + math.log(s) / 20,
                 }
                 for s in range(1, 9)

@@ -105,7 +105,7 @@ def policy_loss(
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     stats = {
-        "policy/clipfrac": masked_mean((clipped > unclipped).float(), mask),
+        "policy/clipfrac_avg": masked_mean((clipped > unclipped).float(), mask),
         "policy/approxkl": 0.5 * masked_mean(log_ratio.square(), mask),
     }
     return loss, stats
@@ -122,7 +122,7 @@ def value_loss(
     clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     unclipped_error, clipped_error = (values - returns).square(), (clipped - returns).square()
     loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
-    return loss, {"value/clipfrac": masked_mean((clipped_error > unclipped_error).float(), mask)}
+    return loss, {"val/clipfrac_avg": masked_mean((clipped_error > unclipped_error).float(), mask)}
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

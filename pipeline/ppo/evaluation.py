@@ -9,7 +9,15 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.distributed import gather_shards, shard
-from pipeline.ppo.rollout import decode, encode_prompts, left_pad, sample, sampled_kl, sequence_rewards
+from pipeline.ppo.rollout import (
+    decode,
+    encode_prompts,
+    left_pad,
+    sample,
+    sampled_kl,
+    sampling_generator,
+    sequence_rewards,
+)
 from pipeline.ppo.trainer import PPOTrainer, lm_batch
 from pipeline.sandbox.evaluation import score_responses, summarize
 from pipeline.sandbox.judge import strip_filler
@@ -29,8 +37,8 @@ def _responses(trainer: PPOTrainer, conversations: list[list[dict]], batch_size:
     args, tokenizer, accelerator = trainer.args, trainer.tokenizer, trainer.accelerator
     pad, stop, synced = tokenizer.pad_token_id, trainer.stop_token_id, trainer.sharded
     policy = trainer.policy
-    policy.eval()
-    generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
+    trainer.model.eval()
+    generator = sampling_generator(accelerator.device, args.seed + accelerator.process_index)
     mine, real = shard(conversations)
     out: dict[str, list] = {k: [] for k in ("ppo", "sft", "ppo_finished", "sft_finished", "rm_ppo", "rm_sft", "kl")}
     batches = range(0, len(mine), batch_size)

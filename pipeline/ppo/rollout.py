@@ -26,6 +26,11 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, conversations: list[list[
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def sampling_generator(device: torch.device | str, seed: int) -> torch.Generator:
+    """A seeded generator for `torch.multinomial` on `device`: PyTorch refuses one from another device."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(map(len, rows))
     ids = torch.tensor([[pad_token_id] * (width - len(r)) + r for r in rows])
@@ -66,8 +71,9 @@ def sample(
     """Responses to left-padded queries, with the log-probs of the sampled tokens (temperature 0: greedy).
 
     The log-probs come from the same forward passes that chose the tokens, so a rollout needs no
-    second policy pass to score them. `synced`: the weights are sharded over the ranks (ZeRO-3, FSDP),
-    whose forward passes gather them together, so every rank goes on until all ranks are done.
+    second policy pass to score them. `generator` is on the queries' device (`sampling_generator`).
+    `synced`: the weights are sharded over the ranks (ZeRO-3, FSDP), whose forward passes gather them
+    together, so every rank goes on until all ranks are done.
     """
     batch = len(queries)
     mask = query_mask.clone()

@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, get_scheduler
 
 from pipeline import outputs
 from pipeline.configs import PipelineError, PPOConfig
@@ -44,6 +44,7 @@ from pipeline.ppo.rollout import (
     response_logprobs,
     response_values,
     sample,
+    sampling_generator,
     sequence_rewards,
 )
 
@@ -73,8 +74,20 @@ def lm_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: i
     return {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
 
 
-def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+def create_optimizer(args: PPOConfig, policy: torch.nn.Module, value_model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The recipe's optimiser (`optim`, `adam_beta1/2`, `adam_epsilon`) built as transformers' Trainer builds it.
+
+    Trainer's parameter groups, weight decay on all but biases and norms, once for the policy at
+    `learning_rate` and once for the value model at `value_learning_rate`.
+    """
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    groups = []
+    for model, lr in ((policy, args.learning_rate), (value_model, args.value_learning_rate or args.learning_rate)):
+        decay = set(Trainer.get_decay_parameter_names(None, model))  # a method that reads nothing of the Trainer
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups.append({"params": [p for n, p in named if n in decay], "lr": lr, "weight_decay": args.weight_decay})
+        groups.append({"params": [p for n, p in named if n not in decay], "lr": lr, "weight_decay": 0.0})
+    return optimizer_cls([g for g in groups if g["params"]], **kwargs)
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -116,24 +129,21 @@ class PPOTrainer:
         self.query_ids = encode_prompts(tokenizer, prompts)
         self.stop_token_id = tokenizer.eos_token_id if args.stop_token == "eos" else None
 
-        # Batch sizes, TRL's meaning: a mini-batch is per_device x accumulation; a rollout is num_mini_batches of them
+        # Batch sizes: a mini-batch (one optimiser step) is per_device x accumulation, and a rollout is
+        # num_mini_batches of them. TRL's PPOTrainer rolls out per_device x accumulation and cuts that
+        # into num_mini_batches, so with the same keys our rollout is num_mini_batches times larger
         self.mini_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps
         self.local_batch_size = self.mini_batch_size * args.num_mini_batches
         self.batch_size = self.local_batch_size * accelerator.num_processes
         self.num_updates = -(-args.total_episodes // self.batch_size)
         optimizer_steps = self.num_updates * args.num_ppo_epochs * args.num_mini_batches
 
-        # One module and one optimiser (a parameter group each) for the two trained models: under
+        # One module and one optimiser (parameter groups each) for the two trained models: under
         # DeepSpeed an Accelerator prepares a single model
         trained = PolicyAndValue(policy, value_model)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": trainable(policy), "lr": args.learning_rate},
-                {"params": trainable(value_model), "lr": args.value_learning_rate or args.learning_rate},
-            ],
-            lr=args.learning_rate,
-            weight_decay=args.weight_decay,
-        )
+        optimizer = create_optimizer(args, policy, value_model)
+        # The schedule counts optimiser steps. The accelerator must not step it with the optimiser
+        # (`step_scheduler_with_optimizer=False`): its wrapper steps it once per process per step
         scheduler = get_scheduler(
             args.lr_scheduler_type,
             optimizer,
@@ -146,7 +156,11 @@ class PPOTrainer:
             if args.kl_target
             else FixedKLController(args.kl_coef)
         )
-        self.generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
+        # Permutations draw on the CPU, sampling on the model's device: one generator when both are the CPU
+        seed = args.seed + accelerator.process_index
+        self.generator = torch.Generator().manual_seed(seed)
+        on_cpu = accelerator.device.type == "cpu"
+        self.sampling_generator = self.generator if on_cpu else sampling_generator(accelerator.device, seed)
         self.ptx_texts = ptx_texts
         # A fixed shuffle of the pretraining texts, cut into batches that are tokenised as they are used.
         self.ptx_order = (
@@ -220,9 +234,9 @@ class PPOTrainer:
         indices = self._batch_indices(step)
         queries, query_mask = left_pad([self.query_ids[i] for i in indices], pad)
         queries, query_mask = queries.to(device), query_mask.to(device)
-        # No-grad passes call the models themselves, not their multi-process wrapper
+        # No-grad passes call the models themselves, not their multi-process wrapper; every model only scores here
         policy, value_model = self.policy, self.value_model
-        policy.eval()
+        self.model.eval()
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         # The passes of training run under mixed precision's autocast; these match them
         with self.accelerator.autocast():
@@ -237,7 +251,7 @@ class PPOTrainer:
                     args.temperature,
                     self.stop_token_id,
                     pad,
-                    self.generator,
+                    self.sampling_generator,
                     synced=self.sharded,
                 )
                 responses, mask = samples.responses, samples.mask
@@ -288,12 +302,12 @@ class PPOTrainer:
         advantages = masked_whiten(advantages, mask, reduce=self._sum_over_ranks)
 
         stats = {
-            "objective/scores": raw_scores.mean().item(),
+            "objective/rm_score": raw_scores.mean().item(),
             "objective/normalized_scores": scores.mean().item(),
             "objective/kl": kl.sum(1).mean().item(),
             "objective/non_score_reward": non_score.sum(1).mean().item(),
             "objective/rlhf_reward": (scores + non_score.sum(1)).mean().item(),
-            "objective/entropy": masked_mean(batch["entropy"], mask).item(),
+            "objective/token_entropy": masked_mean(batch["entropy"], mask).item(),
             "val/response_length": mask.sum(1).mean().item(),
             "val/eos_fraction": has_stop.float().mean().item(),
         }
@@ -339,13 +353,16 @@ class PPOTrainer:
                             collected["loss/ptx"].append(ptx_loss.item())
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and args.max_grad_norm:
-                            for model in (self.policy, self.value_model):  # each model's norm clipped alone
+                            # Each model's norm clipped alone (FSDP2's sharded norms included); DeepSpeed's
+                            # engine clips the joint norm itself, at its config's gradient_clipping
+                            for model in (self.policy, self.value_model):
                                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                         self.optimizer.step()
-                        self.scheduler.step()
+                        if accelerator.sync_gradients and not self.optimizer.step_was_skipped:
+                            self.scheduler.step()
                         self.optimizer.zero_grad()
-                    collected["loss/policy"].append(pg_loss.item())
-                    collected["loss/value"].append(vf_loss.item())
+                    collected["loss/policy_avg"].append(pg_loss.item())
+                    collected["loss/value_avg"].append(vf_loss.item())
                     collected["policy/entropy"].append(masked_mean(entropy.detach(), part.mask).item())
                     for name, value in {**pg_stats, **vf_stats}.items():
                         collected[name].append(value.item())
@@ -353,7 +370,7 @@ class PPOTrainer:
         stats["lr"] = self.scheduler.get_last_lr()[0]
         return stats
 
-    def _state(self, generators: list[torch.Tensor]) -> dict:
+    def _state(self, generators: list[list[torch.Tensor]]) -> dict:
         return {
             "step": self.step,
             "ptx_position": self.ptx_position,
@@ -362,8 +379,8 @@ class PPOTrainer:
         }
 
     def save_checkpoint(self) -> None:
-        """Every rank saves its part; the trainer state holds every rank's sampling generator."""
-        generators = gather_object([self.generator.get_state()])
+        """Every rank saves its part; the trainer state holds every rank's generators (CPU, sampling)."""
+        generators = gather_object([[self.generator.get_state(), self.sampling_generator.get_state()]])
         checkpoint.save(self.work, self.step, self.accelerator, self._state(generators))
 
     def resume(self) -> bool:
@@ -381,7 +398,9 @@ class PPOTrainer:
         checkpoint.load(folder, self.accelerator)
         self.step, self.ptx_position = state["step"], state["ptx_position"]
         self.kl_controller.load_state_dict(state["kl_controller"])
-        self.generator.set_state(state["generators"][self.accelerator.process_index])
+        cpu_state, sampling_state = state["generators"][self.accelerator.process_index]
+        self.generator.set_state(cpu_state)
+        self.sampling_generator.set_state(sampling_state)
         log = self.work / outputs.LOG_FILE
         if log.exists() and self.accelerator.is_main_process:
             lines = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
@@ -413,12 +432,12 @@ class PPOTrainer:
             stats["objective/kl_coef"] = self.kl_controller.value
             self.kl_controller.update(stats["objective/kl"], self.batch_size)
             self.step += 1
-            stats["episodes"] = self.step * self.batch_size
+            stats["episode"] = self.step * self.batch_size
             stats["seconds"] = time.monotonic() - started
             self._log(stats)
             bar.update()
             bar.set_postfix(
-                score=f"{stats['objective/scores']:.2f}",
+                score=f"{stats['objective/rm_score']:.2f}",
                 kl=f"{stats['objective/kl']:.2f}",
                 **({"gold": f"{stats['objective/gold']:.3f}"} if "objective/gold" in stats else {}),
             )

@@ -22,7 +22,15 @@ from pipeline.configs import PipelineError
 from pipeline.data import load_card
 from pipeline.models import load_policy, load_scorer, load_tokenizer
 from pipeline.ppo.evaluation import win_rate
-from pipeline.ppo.rollout import decode, encode_prompts, left_pad, sample, sampled_kl, sequence_rewards
+from pipeline.ppo.rollout import (
+    decode,
+    encode_prompts,
+    left_pad,
+    sample,
+    sampled_kl,
+    sampling_generator,
+    sequence_rewards,
+)
 from pipeline.sandbox.evaluation import score_responses, summarize
 from pipeline.sandbox.judge import strip_filler
 from pipeline.sandbox.tasks import parse_prompt, test_prompts
@@ -94,7 +102,7 @@ def _answer(
 ) -> Answers:
     """Greedy answers with their RM scores; KL(policy || reference) on answers sampled at `temperature`."""
     pad, stop = tokenizer.pad_token_id, tokenizer.eos_token_id
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = sampling_generator(policy.device, config.seed)
     answers = Answers()
     for start in tqdm(range(0, len(conversations), config.batch_size), desc=f"evaluating {name}", unit="batch"):
         queries, query_mask = left_pad(encode_prompts(tokenizer, conversations[start : start + config.batch_size]), pad)

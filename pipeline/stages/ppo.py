@@ -39,7 +39,7 @@ def _frozen(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def _without_dropout(model: PreTrainedModel) -> PreTrainedModel:
-    """PPO's ratio must be 1 before the first update: no dropout in any model (Huang et al. 2024)."""
+    """PPO's ratio must be 1 before each update: no dropout in any model, LoRA's included (Huang et al. 2024)."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -77,6 +77,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         cpu=args.use_cpu,
         mixed_precision="bf16" if args.bf16 else "no",
         gradient_accumulation_steps=args.gradient_accumulation_steps,
+        step_scheduler_with_optimizer=False,  # PPOTrainer steps the schedule once per optimiser step
         log_with=args.report_to or None,
         project_dir=str(work),
     )
@@ -111,13 +112,14 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
             f"{args.sft_model_path} is a LoRA adapter: a LoRA policy needs full SFT weights to share with its "
             "reference; merge the adapter first, or train the full policy (use_peft: false)"
         )
-    policy = _without_dropout(load_policy(args.sft_model_path, model_args, args.trust_remote_code))
+    policy = load_policy(args.sft_model_path, model_args, args.trust_remote_code)
     policy = prepare_quantized(policy, model_args, args.activation_checkpointing)  # QLoRA: a 4-bit base
     ref_policy = None
     if peft_config is None:
         ref_policy = _frozen(load_policy(args.sft_model_path, model_args, args.trust_remote_code))
     else:
         policy = get_peft_model(policy, dataclasses.replace(peft_config, task_type="CAUSAL_LM"))
+    policy = _without_dropout(policy)
     reward_model = _frozen(
         load_scorer(args.reward_model_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)
     )

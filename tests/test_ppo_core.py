@@ -13,7 +13,7 @@ from pipeline.ppo.core import (
     masked_whiten,
     policy_loss,
     response_mask,
-    token_rewards,
+    shape_rewards,
     value_loss,
 )
 from pipeline.ppo.kl import AdaptiveKLController, FixedKLController
@@ -45,12 +45,23 @@ def test_kl_estimators():
         kl_estimate(logprobs, ref, "k2")
 
 
-def test_token_rewards_put_the_score_on_the_last_response_token():
+def test_shaped_rewards_put_the_score_on_the_last_response_token():
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    rewards, non_score = token_rewards(torch.tensor([1.0, 2.0]), kl, mask, kl_coef=0.5)
+    finished = torch.tensor([True, False])
+    rewards, non_score, scores = shape_rewards(torch.tensor([1.0, 2.0]), kl, mask, 0.5, finished)
     close(rewards, [[-0.05, 0.9, 0.0], [-0.2, -0.25, 1.7]])
     close(non_score, [[-0.05, -0.1, 0.0], [-0.2, -0.25, -0.3]])
+    close(scores, [1.0, 2.0])
+
+
+def test_a_response_without_eos_loses_the_penalty_at_its_last_token():
+    kl = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    finished = torch.tensor([True, False])
+    rewards, _, scores = shape_rewards(torch.tensor([1.0, 2.0]), kl, mask, 0.5, finished, missing_eos_penalty=1.5)
+    close(scores, [1.0, 0.5])
+    close(rewards, [[0.0, 1.0, 0.0], [0.0, 0.0, 0.5]])
 
 
 def _gae_reference(rewards, values, gamma, lam):

@@ -60,7 +60,11 @@ def latest(work: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
-def load(folder: Path, accelerator: Accelerator) -> dict[str, Any]:
-    """Load weights, optimiser, scheduler and RNG states, and return the trainer state."""
-    accelerator.load_state(str(folder), strict=False)  # the frozen weights are not in the checkpoint
+def trainer_state(folder: Path) -> dict[str, Any]:
+    """The trainer state a checkpoint holds (tensors and plain values only: no pickled objects)."""
     return torch.load(folder / STATE_FILE, weights_only=True)
+
+
+def load(folder: Path, accelerator: Accelerator) -> None:
+    """Load weights, optimiser, scheduler and RNG states into the prepared objects."""
+    accelerator.load_state(str(folder), strict=False)  # the frozen weights are not in the checkpoint

@@ -63,15 +63,26 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: L
     raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {estimator!r}")
 
 
-def token_rewards(
-    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rewards, non-score rewards): -kl_coef * KL on every response token, the score added at the last one."""
+def shape_rewards(
+    scores: torch.Tensor,
+    kl: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    finished: torch.Tensor,
+    missing_eos_penalty: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rewards, non-score rewards, scores): PPO's per-token reward of each response.
+
+    -kl_coef * KL on every response token, and at the last one the sequence's score, less
+    `missing_eos_penalty` when the response did not finish (TRL's rule). The scores returned are those credited.
+    """
+    if missing_eos_penalty is not None:
+        scores = scores - missing_eos_penalty * (~finished).float()
     non_score = -kl_coef * kl * mask
     last = (mask.sum(1).long() - 1).clamp(min=0)
     rewards = non_score.clone()
     rewards[torch.arange(len(scores)), last] += scores
-    return rewards, non_score
+    return rewards, non_score, scores
 
 
 def gae(

@@ -33,7 +33,7 @@ from pipeline.ppo.core import (
     masked_mean,
     masked_whiten,
     policy_loss,
-    token_rewards,
+    shape_rewards,
     value_loss,
 )
 from pipeline.ppo.kl import AdaptiveKLController, FixedKLController
@@ -228,19 +228,19 @@ class PPOTrainer:
         return value_model, value_model.disable_adapter()
 
     @torch.no_grad()
-    def rollout(self, step: int) -> tuple[Rollout, dict[str, float]]:
-        """Sample responses for the step's prompts, score them, and turn scores and KL into advantages."""
-        args, device, pad = self.args, self.accelerator.device, self.tokenizer.pad_token_id
-        indices = self._batch_indices(step)
-        queries, query_mask = left_pad([self.query_ids[i] for i in indices], pad)
-        queries, query_mask = queries.to(device), query_mask.to(device)
+    def generate_and_score(self, queries: torch.Tensor, query_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Sampled responses with their log-probs and entropies, the reference's log-probs, the values, the RM scores.
+
+        In chunks of `local_rollout_forward_batch_size`; responses are cut to the longest one.
+        """
+        args, pad = self.args, self.tokenizer.pad_token_id
         # No-grad passes call the models themselves, not their multi-process wrapper; every model only scores here
         policy, value_model = self.policy, self.value_model
         self.model.eval()
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         # The passes of training run under mixed precision's autocast; these match them
         with self.accelerator.autocast():
-            for start in range(0, len(indices), args.local_rollout_forward_batch_size):
+            for start in range(0, len(queries), args.local_rollout_forward_batch_size):
                 rows = slice(start, start + args.local_rollout_forward_batch_size)
                 q, qm = queries[rows], query_mask[rows]
                 samples = sample(
@@ -276,33 +276,44 @@ class PPOTrainer:
                 parts["scores"].append(scores)
         batch = {name: torch.cat(tensors) for name, tensors in parts.items()}
         width = int(batch["mask"].sum(1).max())
-        batch = {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
-        mask = batch["mask"]
+        return {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
 
+    def _scores(self, rm_scores: torch.Tensor, gold: torch.Tensor | None) -> torch.Tensor:
+        """The score each response earns: the RM's, normalised by its training statistics, or the gold diagnostic's."""
+        if self.args.gold_reward_scale:
+            return self.args.gold_reward_scale * gold
+        if self.reward_stats is not None:
+            return (rm_scores - self.reward_stats[0]) / self.reward_stats[1]
+        return rm_scores
+
+    @torch.no_grad()
+    def rollout(self, step: int) -> tuple[Rollout, dict[str, float]]:
+        """Sample responses for the step's prompts, score them, and turn scores and KL into advantages."""
+        args, device = self.args, self.accelerator.device
+        indices = self._batch_indices(step)
+        queries, query_mask = left_pad([self.query_ids[i] for i in indices], self.tokenizer.pad_token_id)
+        queries, query_mask = queries.to(device), query_mask.to(device)
+        batch = self.generate_and_score(queries, query_mask)
+        mask = batch["mask"]
         texts, finished = decode(self.tokenizer, batch["responses"], mask, self.stop_token_id)
         has_stop = torch.tensor(finished, device=device)
         gold = None
         if self.gold_fn is not None:
             gold = torch.tensor(self.gold_fn([self.prompts[i] for i in indices], texts, finished), device=device)
 
-        # Rewards: the (normalised) RM score at the last token, minus the KL penalty on every token
-        raw_scores = batch["scores"]
-        scores = raw_scores
-        if self.reward_stats is not None:
-            scores = (scores - self.reward_stats[0]) / self.reward_stats[1]
-        if args.gold_reward_scale:
-            scores = args.gold_reward_scale * gold
-        if args.missing_eos_penalty is not None and self.stop_token_id is not None:
-            scores = scores - args.missing_eos_penalty * (~has_stop).float()
+        # Rewards: the score at the last token less the EOS penalty, the KL penalty on every token
         kl = kl_estimate(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator) * mask
-        rewards, non_score = token_rewards(scores, kl, mask, self.kl_controller.value)
+        penalty = args.missing_eos_penalty if self.stop_token_id is not None else None
+        rewards, non_score, scores = shape_rewards(
+            self._scores(batch["scores"], gold), kl, mask, self.kl_controller.value, has_stop, penalty
+        )
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=self._sum_over_ranks)
         advantages, returns = gae(rewards, batch["values"], mask, args.gamma, args.lam)
         advantages = masked_whiten(advantages, mask, reduce=self._sum_over_ranks)
 
         stats = {
-            "objective/rm_score": raw_scores.mean().item(),
+            "objective/rm_score": batch["scores"].mean().item(),
             "objective/normalized_scores": scores.mean().item(),
             "objective/kl": kl.sum(1).mean().item(),
             "objective/non_score_reward": non_score.sum(1).mean().item(),
@@ -389,7 +400,7 @@ class PPOTrainer:
         if found is None:
             return False
         step, folder = found
-        state = torch.load(folder / checkpoint.STATE_FILE, weights_only=True)
+        state = checkpoint.trainer_state(folder)
         if len(state["generators"]) != self.accelerator.num_processes:
             raise PipelineError(
                 f"{folder} was written by {len(state['generators'])} process(es) and this run has "

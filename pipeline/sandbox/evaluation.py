@@ -15,6 +15,19 @@ from pipeline.sandbox.tasks import parse_prompt, test_prompts
 SAMPLES_FILE = "sandbox_samples.jsonl"
 
 
+def is_sandbox(conversations: list[list[dict]]) -> bool:
+    """Whether every conversation ends with a sandbox task, which the gold judge can score."""
+    return all(parse_prompt(c[-1]["content"]) is not None for c in conversations)
+
+
+def gold_rewards(conversations: list[list[dict]], responses: list[str], finished: list[bool]) -> list[float]:
+    """The gold judge's score of each response to a sandbox conversation (a reward; 0 to 1)."""
+    return [
+        gold_components(c[-1]["content"], r, f)["gold"]
+        for c, r, f in zip(conversations, responses, finished, strict=True)
+    ]
+
+
 def score_responses(prompts: list[str], responses: list[str], finished: list[bool]) -> list[dict]:
     """One row per response: prompt, family, response and the judge's parts."""
     return [

@@ -31,7 +31,7 @@ from pipeline.ppo.rollout import (
     sampling_generator,
     sequence_rewards,
 )
-from pipeline.sandbox.evaluation import score_responses, summarize
+from pipeline.sandbox.evaluation import is_sandbox, score_responses, summarize
 from pipeline.sandbox.judge import strip_filler
 from pipeline.sandbox.tasks import parse_prompt, test_prompts
 
@@ -173,7 +173,7 @@ def run(config: EvalConfig) -> dict:
         raise PipelineError(f"--reference {config.reference!r} is not one of the policies {names}")
     conversations = _prompts(config)
     user_messages = [c[-1]["content"] for c in conversations]
-    sandbox = all(parse_prompt(p) is not None for p in user_messages)
+    sandbox = is_sandbox(conversations)
     recipe = {k: v for k, v in vars(config).items() if k != "output_dir"}
     work, _ = outputs.start(config.output_dir, "eval", recipe)
 

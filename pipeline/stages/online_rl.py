@@ -14,8 +14,7 @@ from pipeline import outputs
 from pipeline.configs import PipelineError, RewardModelArguments, ScriptArguments
 from pipeline.data import load_card
 from pipeline.models import load_causal_lm, load_scorer, load_tokenizer
-from pipeline.sandbox.judge import gold_components
-from pipeline.sandbox.tasks import parse_prompt
+from pipeline.sandbox.evaluation import gold_rewards, is_sandbox
 from pipeline.stages.common import train_evaluate_save
 
 
@@ -23,10 +22,8 @@ def _gold_reward(eos_token_id: int):
     """The sandbox judge as a TRL reward function (conversational prompts and completions)."""
 
     def gold(prompts: list[list[dict]], completions: list[list[dict]], completion_ids: list[list[int]], **_) -> list:
-        return [
-            gold_components(p[-1]["content"], c[0]["content"], eos_token_id in ids)["gold"]
-            for p, c, ids in zip(prompts, completions, completion_ids, strict=True)
-        ]
+        finished = [eos_token_id in ids for ids in completion_ids]
+        return gold_rewards(prompts, [c[0]["content"] for c in completions], finished)
 
     return gold
 
@@ -54,7 +51,7 @@ def run(
     if "prompt" not in prompts.column_names:
         raise PipelineError(f"{script_args.dataset_card}: the {stage} stage needs a prompts card (a prompt column)")
     prompts = prompts.select_columns(["prompt"])
-    sandbox = all(parse_prompt(p[-1]["content"]) is not None for p in prompts["prompt"])
+    sandbox = is_sandbox(prompts["prompt"])
 
     # Models: the SFT policy (full or LoRA) and the frozen reward model, plus the gold judge in the sandbox
     tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)

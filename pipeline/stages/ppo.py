@@ -26,8 +26,8 @@ from pipeline.distributed import rank_divergence
 from pipeline.models import is_adapter, load_policy, load_scorer, load_tokenizer, prepare_quantized
 from pipeline.ppo.evaluation import compare_to_sft, ptx_losses
 from pipeline.ppo.trainer import PPOTrainer
-from pipeline.sandbox.judge import gold_components
-from pipeline.sandbox.tasks import parse_prompt, test_prompts
+from pipeline.sandbox.evaluation import gold_rewards, is_sandbox
+from pipeline.sandbox.tasks import test_prompts
 
 logger = logging.getLogger(__name__)
 SAMPLES_FILE = "ppo_samples.jsonl"
@@ -58,13 +58,6 @@ def _reward_stats(args: PPOConfig) -> tuple[float, float] | None:
     return metrics["reward_mean"], metrics["reward_std"]
 
 
-def _sandbox_gold(conversations: list[list[dict]], responses: list[str], finished: list[bool]) -> list[float]:
-    return [
-        gold_components(c[-1]["content"], r, f)["gold"]
-        for c, r, f in zip(conversations, responses, finished, strict=True)
-    ]
-
-
 def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, recipe: dict) -> dict:
     if model_args.model_name_or_path:
         raise PipelineError(
@@ -89,7 +82,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         script_args.dataset_card, script_args.dataset_train_split, script_args.data_files, script_args.max_train_samples
     )
     prompts = [row["prompt"] for row in prompt_rows]
-    sandbox = all(parse_prompt(p[-1]["content"]) is not None for p in prompts)
+    sandbox = is_sandbox(prompts)
     if args.gold_reward_scale and not sandbox:
         raise PipelineError(f"gold_reward_scale needs sandbox prompts, and {script_args.dataset_card} has others")
     ptx_texts = None
@@ -151,7 +144,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         reward_model=reward_model,
         reward_stats=_reward_stats(args),
         ptx_texts=ptx_texts,
-        gold_fn=_sandbox_gold if sandbox else None,
+        gold_fn=gold_rewards if sandbox else None,
     )
     logger.info(
         "%d updates of %d episodes (%d per process: %d mini-batches of %d per device x %d accumulation)",

@@ -10,7 +10,10 @@ import torch
 from accelerate.utils import pad_across_processes
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import SequenceClassifierOutput
 from trl import RewardTrainer
+
+from pipeline.scoring import score_sequences
 
 
 class GroupedBatchSampler(Sampler[list[int]]):
@@ -44,7 +47,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
 
 class _OncePerSequence(torch.nn.Module):
-    """Calls a sequence classifier once per distinct row of the batch and hands every row its score.
+    """Scores each distinct row of the batch once (`score_sequences`) and hands every row its score.
 
     The pairs of a K-way ranking hold each of its K responses K - 1 times; InstructGPT scores each
     completion once, so a K = 4 ranking takes 4 forward passes instead of 12. Gradients are the same.
@@ -54,12 +57,11 @@ class _OncePerSequence(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> SequenceClassifierOutput:
         rows, inverse = torch.unique(torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True)
         width = input_ids.shape[1]
-        output = self.model(input_ids=rows[:, :width], attention_mask=rows[:, width:], **kwargs)
-        output.logits = output.logits[inverse]
-        return output
+        scores = score_sequences(self.model, rows[:, :width], rows[:, width:])
+        return SequenceClassifierOutput(logits=scores[inverse].unsqueeze(-1))
 
 
 def _ragged(gather: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -145,7 +147,7 @@ def reward_scores(
                 truncation=max_length is not None,
                 max_length=max_length,
             ).to(model.device)
-            scores.extend(model(**batch).logits[:, 0].float().tolist())
+            scores.extend(score_sequences(model, batch["input_ids"], batch["attention_mask"]).tolist())
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = side, cut
         model.train(was_training)

@@ -26,7 +26,7 @@ def test_online_trainer_optimises_the_rm_and_only_logs_the_gold_judge(stage, run
     assert len(steps) == 2
     for row in steps:
         # the reward is the RM's alone: the gold judge rides along with weight 0
-        assert row["reward"] == pytest.approx(row["rewards/rm/mean"], abs=1e-6)
+        assert row["reward"] == pytest.approx(row["rewards/reward_model/mean"], abs=1e-6)
         assert 0.0 <= row["rewards/gold/mean"] <= 1.0
     found = metrics(out)
     assert found["train_steps"] == 2 and found["gold_num_prompts"] == 14

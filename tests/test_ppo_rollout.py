@@ -5,7 +5,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from pipeline.ppo.core import response_mask
-from pipeline.ppo.rollout import left_pad, response_logprobs, response_values, sample, sequence_rewards, token_scores
+from pipeline.ppo.rollout import left_pad, response_logprobs, response_values, sample, sequence_rewards
+from pipeline.scoring import token_scores
 
 PAD, EOS = 0, 2
 CONFIG = dict(

@@ -14,10 +14,7 @@ from accelerate.utils import reduce
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.ppo.core import entropy_from_logits, logprobs_from_logits, response_mask
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+from pipeline.scoring import position_ids, score_sequences, token_scores
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict]]) -> list[list[int]]:
@@ -133,36 +130,6 @@ def response_logprobs(
     return logprobs_from_logits(logits, responses), entropy_from_logits(logits)
 
 
-def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """A sequence classifier's scalar head at every position: (batch, length).
-
-    The reward model's score is this at the last real token (where the classifier pools); the value
-    model's value of a state is this at the state's last token.
-    """
-    output = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        output_hidden_states=True,
-    )
-    hidden = output.hidden_states[-1]
-    # 16-bit weights: peft keeps a LoRA head in fp32 and mixed precision returns fp32 hidden states, so the
-    # head computes in the model's dtype, as it does inside the model's own forward pass
-    half = model.dtype in (torch.bfloat16, torch.float16)
-    with torch.autocast(device_type=hidden.device.type, dtype=model.dtype, enabled=half):
-        return model.score(hidden).squeeze(-1).float()
-
-
-def _sequence_scores(
-    model: PreTrainedModel,
-    queries: torch.Tensor,
-    query_mask: torch.Tensor,
-    responses: torch.Tensor,
-    response_mask: torch.Tensor,
-) -> torch.Tensor:
-    return token_scores(model, torch.cat([queries, responses], dim=1), sequence_mask(query_mask, response_mask))
-
-
 def response_values(
     model: PreTrainedModel,
     queries: torch.Tensor,
@@ -171,7 +138,8 @@ def response_values(
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
     """V(state before each response token): the value head at the token just before it."""
-    scores = _sequence_scores(model, queries, query_mask, responses, response_mask)
+    mask = sequence_mask(query_mask, response_mask)
+    scores = token_scores(model, torch.cat([queries, responses], dim=1), mask)
     return scores[:, queries.shape[1] - 1 : -1]
 
 
@@ -183,9 +151,7 @@ def sequence_rewards(
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
     """The reward model's score of each query + response, read at the last response token (the stop token)."""
-    scores = _sequence_scores(model, queries, query_mask, responses, response_mask)
-    last = queries.shape[1] + response_mask.sum(1).long() - 1
-    return scores[torch.arange(len(scores)), last]
+    return score_sequences(model, torch.cat([queries, responses], dim=1), sequence_mask(query_mask, response_mask))
 
 
 @torch.no_grad()

@@ -1,21 +1,32 @@
 """RLOO and GRPO with TRL's own trainers, on the same prompts and reward model as our PPO.
 
 Both sample several responses per prompt and use the others' rewards as the baseline, so they need
-no value model. The reward model is their reward function; in the sandbox the gold judge rides along
-with weight 0, so its score is logged (`rewards/gold/mean`) without steering the training.
+no value model. The reward model is their reward function, read at the last real token as in every
+other stage (`pipeline.scoring`); in the sandbox the gold judge rides along with weight 0, so its
+score is logged (`rewards/gold/mean`) without steering the training.
 """
 
 from __future__ import annotations
 
-from transformers import set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
 
 from pipeline import outputs
 from pipeline.configs import PipelineError, RewardModelArguments, ScriptArguments
 from pipeline.data import load_card
 from pipeline.models import load_causal_lm, load_scorer, load_tokenizer
+from pipeline.reward import reward_scores
 from pipeline.sandbox.evaluation import gold_rewards, is_sandbox
 from pipeline.stages.common import train_evaluate_save
+
+
+def _reward_model_reward(scorer: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    """The reward model as a TRL reward function (logged as `rewards/reward_model`) of the chat-templated text."""
+
+    def reward_model(prompts: list[list[dict]], completions: list[list[dict]], **_) -> list[float]:
+        return reward_scores(scorer, tokenizer, [p + c for p, c in zip(prompts, completions, strict=True)])
+
+    return reward_model
 
 
 def _gold_reward(eos_token_id: int):
@@ -60,7 +71,7 @@ def run(
     reward_model = load_scorer(
         reward_args.reward_model_path, model_args, tokenizer.pad_token_id, training_args.trust_remote_code
     )
-    reward_funcs, reward_tokenizers = [reward_model], [tokenizer]
+    reward_funcs, reward_tokenizers = [_reward_model_reward(reward_model, tokenizer)], [None]
     if sandbox:
         reward_funcs.append(_gold_reward(tokenizer.eos_token_id))
         reward_tokenizers.append(None)
@@ -76,4 +87,5 @@ def run(
         reward_processing_classes=reward_tokenizers,
         peft_config=get_peft_config(model_args),
     )
+    reward_model.to(trainer.accelerator.device)
     return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir)

@@ -1,0 +1,53 @@
+"""A scorer's value at every token and at a sequence's last real token: the one pooling every stage uses.
+
+A scorer is a one-label `AutoModelForSequenceClassification`: the reward model, PPO's value model.
+transformers pools its head at the last token that is not the pad token, which misses the EOS token
+when the pad token is the EOS token (as in many real tokenizers). Here the head's output at every
+position is read through a hook on the head, inside the model's own forward pass (so DDP, PEFT and
+mixed precision see an ordinary call), and a sequence's score is read where its attention mask ends.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count real tokens only: a left-padded sequence sees the positions of an unpadded one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_real_token(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The index of each row's last token with attention mask 1, whatever the padding side."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * (attention_mask != 0)).argmax(-1)
+
+
+def _score_head(model: torch.nn.Module) -> torch.nn.Module:
+    # The outermost module named `score` (PEFT's wrapper of the head, when there is one)
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "score":
+            return module
+    raise ValueError(f"{type(model).__name__} has no `score` head: a scorer is a sequence classifier")
+
+
+def token_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The scorer's head at every position, (batch, length) in fp32: the value of each state."""
+    captured: list[torch.Tensor] = []
+    hook = _score_head(model).register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    try:
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            use_cache=False,
+        )
+    finally:
+        hook.remove()
+    return captured[-1].squeeze(-1).float()
+
+
+def score_sequences(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each sequence's score, (batch,): the head at its last real token (the EOS, when it ends with one)."""
+    scores = token_scores(model, input_ids, attention_mask)
+    return scores[torch.arange(len(scores), device=scores.device), last_real_token(attention_mask)]

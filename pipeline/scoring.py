@@ -17,6 +17,10 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def sequence_mask(query_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    return torch.cat([query_mask, response_mask.to(query_mask.dtype)], dim=1)
+
+
 def last_real_token(attention_mask: torch.Tensor) -> torch.Tensor:
     """The index of each row's last token with attention mask 1, whatever the padding side."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
@@ -51,3 +55,27 @@ def score_sequences(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
     """Each sequence's score, (batch,): the head at its last real token (the EOS, when it ends with one)."""
     scores = token_scores(model, input_ids, attention_mask)
     return scores[torch.arange(len(scores), device=scores.device), last_real_token(attention_mask)]
+
+
+def response_values(
+    model: torch.nn.Module,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """V(state before each response token): the value head at the token just before it."""
+    mask = sequence_mask(query_mask, response_mask)
+    scores = token_scores(model, torch.cat([queries, responses], dim=1), mask)
+    return scores[:, queries.shape[1] - 1 : -1]
+
+
+def sequence_rewards(
+    model: torch.nn.Module,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """The reward model's score of each query + response, read at the last response token (the stop token)."""
+    return score_sequences(model, torch.cat([queries, responses], dim=1), sequence_mask(query_mask, response_mask))

@@ -21,7 +21,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 
 from pipeline.cli import main
 from pipeline.ppo.core import masked_whiten
-from pipeline.ppo.rollout import sample
+from pipeline.sampling import sample
 from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, log, metrics, ppo_args, stage_args
 
 MULTI_CPU = ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"

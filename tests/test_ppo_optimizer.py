@@ -5,8 +5,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from pipeline.configs import PPOConfig
-from pipeline.ppo.rollout import sampling_generator
 from pipeline.ppo.trainer import create_optimizer
+from pipeline.sampling import sampling_generator
 
 TINY = LlamaConfig(
     vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, pad_token_id=0

@@ -1,77 +1,50 @@
-"""The PPO policy against the SFT policy it started from: greedy responses, RM and gold scores, KL, ptx loss."""
+"""The PPO policy against the SFT policy it started from: the evaluator's answers, gold, RM scores, KL, ptx loss."""
 
 from __future__ import annotations
 
-import contextlib
 from statistics import mean
 
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.distributed import gather_shards, shard
-from pipeline.ppo.rollout import (
-    decode,
-    encode_prompts,
-    left_pad,
-    sample,
-    sampled_kl,
-    sampling_generator,
-    sequence_rewards,
-)
+from pipeline.evaluation import Answers, answer, rule_baseline, win_rate
 from pipeline.ppo.trainer import PPOTrainer, lm_batch
+from pipeline.sampling import plain, sampling_generator
 from pipeline.sandbox.evaluation import score_responses, summarize
-from pipeline.sandbox.judge import strip_filler
 
 
-def win_rate(a: list[float], b: list[float]) -> float:
-    """How often `a` beats `b`, row by row, ties counting half."""
-    return mean(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True))
-
-
-@torch.no_grad()
-def _responses(trainer: PPOTrainer, conversations: list[list[dict]], batch_size: int) -> dict[str, list]:
-    """Greedy responses of the policy and of the SFT reference, their RM scores, and the sampled KL to SFT.
+def _answers(trainer: PPOTrainer, conversations: list[list[dict]], batch_size: int) -> dict[str, Answers]:
+    """Greedy answers of the policy (with the sampled KL to SFT) and of the SFT reference, with RM scores.
 
     Each rank takes its share of the prompts; every rank gets all the results.
     """
     args, tokenizer, accelerator = trainer.args, trainer.tokenizer, trainer.accelerator
-    pad, stop, synced = tokenizer.pad_token_id, trainer.stop_token_id, trainer.sharded
-    policy = trainer.policy
     trainer.model.eval()
-    generator = sampling_generator(accelerator.device, args.seed + accelerator.process_index)
     mine, real = shard(conversations)
-    out: dict[str, list] = {k: [] for k in ("ppo", "sft", "ppo_finished", "sft_finished", "rm_ppo", "rm_sft", "kl")}
-    batches = range(0, len(mine), batch_size)
-    for start in tqdm(batches, desc="evaluating ppo vs sft", unit="batch", disable=not accelerator.is_main_process):
-        ids = encode_prompts(tokenizer, mine[start : start + batch_size])
-        queries, query_mask = (t.to(accelerator.device) for t in left_pad(ids, pad))
-        reference, disabled = trainer.reference()
-        for name, model, context in (("ppo", policy, contextlib.nullcontext()), ("sft", reference, disabled)):
-            with context:
-                greedy = sample(model, queries, query_mask, args.response_length, 0.0, stop, pad, synced=synced)
-            reward_model, reward_context = trainer.reward()
-            with reward_context:
-                rewards = sequence_rewards(reward_model, queries, query_mask, greedy.responses, greedy.mask)
-            out[f"rm_{name}"] += rewards.tolist()
-            texts, finished = decode(tokenizer, greedy.responses, greedy.mask, stop)
-            out[name] += texts
-            out[f"{name}_finished"] += finished
-        # KL(PPO || SFT) on responses sampled as in training
-        reference, disabled = trainer.reference()
-        out["kl"] += sampled_kl(
-            policy,
-            reference,
-            queries,
-            query_mask,
-            args.response_length,
-            args.temperature,
-            stop,
-            pad,
-            generator,
-            disabled,
-            synced,
-        )
-    return {name: gather_shards(values, real) for name, values in out.items()}
+    common = {
+        "tokenizer": tokenizer,
+        "conversations": mine,
+        "max_new_tokens": args.response_length,
+        "batch_size": batch_size,
+        "stop_token_id": trainer.stop_token_id,
+        "reward_model": trainer.reward(),
+        "synced": trainer.sharded,
+        "progress": accelerator.is_main_process,
+    }
+    generator = sampling_generator(accelerator.device, args.seed + accelerator.process_index)
+    ppo = answer(
+        plain(trainer.policy),
+        reference=trainer.reference(),
+        temperature=args.temperature,
+        generator=generator,
+        description="evaluating ppo",
+        **common,
+    )
+    sft = answer(trainer.reference(), description="evaluating sft", **common)
+    return {
+        name: Answers(**{f: gather_shards(getattr(a, f), real) for f in Answers.__dataclass_fields__})
+        for name, a in (("ppo", ppo), ("sft", sft))
+    }
 
 
 @torch.no_grad()
@@ -88,27 +61,27 @@ def ptx_losses(trainer: PPOTrainer, texts: list[str], batch_size: int = 32) -> t
         batch = {k: v.to(device) for k, v in lm_batch(tokenizer, chunk, trainer.args.ptx_max_length).items()}
         losses["ppo"].append(policy(**batch).loss.item())
         reference, disabled = trainer.reference()
-        with disabled:
+        with disabled():
             losses["sft"].append(reference(**batch).loss.item())
     return mean(gather_shards(losses["ppo"], real)), mean(gather_shards(losses["sft"], real))
 
 
 def compare_to_sft(trainer: PPOTrainer, conversations: list[list[dict]], sandbox: bool, batch_size: int = 100) -> dict:
     """metrics.json's comparison of the trained policy with the SFT policy on held-out prompts."""
-    out = _responses(trainer, conversations, batch_size)
+    out = _answers(trainer, conversations, batch_size)
     metrics = {
         "eval_prompts": len(conversations),
-        "rm_score_mean": mean(out["rm_ppo"]),
-        "rm_score_mean_sft": mean(out["rm_sft"]),
-        "rm_win_rate_vs_sft": win_rate(out["rm_ppo"], out["rm_sft"]),
-        "kl_to_sft": mean(out["kl"]),
+        "rm_score_mean": mean(out["ppo"].rm),
+        "rm_score_mean_sft": mean(out["sft"].rm),
+        "rm_win_rate_vs_sft": win_rate(out["ppo"].rm, out["sft"].rm),
+        "kl_to_sft": mean(out["ppo"].kl),
     }
     if not sandbox:
         return metrics
     prompts = [c[-1]["content"] for c in conversations]
-    ppo = score_responses(prompts, out["ppo"], out["ppo_finished"])
-    sft = score_responses(prompts, out["sft"], out["sft_finished"])
-    rule = score_responses(prompts, [strip_filler(r) for r in out["sft"]], out["sft_finished"])
+    ppo = score_responses(prompts, out["ppo"].texts, out["ppo"].finished)
+    sft = score_responses(prompts, out["sft"].texts, out["sft"].finished)
+    rule = rule_baseline(prompts, out["sft"].texts, out["sft"].finished)
     families = sorted({row["family"] for row in ppo})
 
     def wins(a: list[dict], b: list[dict], family: str | None = None) -> float:

@@ -7,7 +7,6 @@ adapter disabled, and a LoRA value model's adapter-free weights are the reward m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -37,16 +36,17 @@ from pipeline.ppo.core import (
     value_loss,
 )
 from pipeline.ppo.kl import AdaptiveKLController, FixedKLController
-from pipeline.ppo.rollout import (
+from pipeline.sampling import (
+    Called,
     decode,
     encode_prompts,
     left_pad,
+    plain,
     response_logprobs,
-    response_values,
     sample,
     sampling_generator,
-    sequence_rewards,
 )
+from pipeline.scoring import response_values, sequence_rewards
 
 logger = logging.getLogger(__name__)
 # (prompts, responses, finished) -> gold scores: the sandbox judge, logged along the run when given.
@@ -213,19 +213,19 @@ class PPOTrainer:
     def value_model(self) -> PreTrainedModel:
         return self.accelerator.unwrap_model(self.model).value_model
 
-    def reference(self) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
+    def reference(self) -> Called:
         """The frozen SFT policy, and the context in which to call it."""
         if self.ref_policy is not None:
-            return self.ref_policy, contextlib.nullcontext()
+            return plain(self.ref_policy)
         policy = self.policy
-        return policy, policy.disable_adapter()
+        return policy, policy.disable_adapter
 
-    def reward(self) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
+    def reward(self) -> Called:
         """The frozen reward model, and the context in which to call it."""
         if self.reward_model is not None:
-            return self.reward_model, contextlib.nullcontext()
+            return plain(self.reward_model)
         value_model = self.value_model
-        return value_model, value_model.disable_adapter()
+        return value_model, value_model.disable_adapter
 
     @torch.no_grad()
     def generate_and_score(self, queries: torch.Tensor, query_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -256,11 +256,11 @@ class PPOTrainer:
                 )
                 responses, mask = samples.responses, samples.mask
                 reference, disabled = self.reference()
-                with disabled:
+                with disabled():
                     ref_logprobs, _ = response_logprobs(reference, q, qm, responses, mask, args.temperature)
                 values = response_values(value_model, q, qm, responses, mask)
                 reward_model, disabled = self.reward()
-                with disabled:
+                with disabled():
                     scores = sequence_rewards(reward_model, q, qm, responses, mask)
                 pad_to = args.response_length - responses.shape[1]
                 for name, tensor in (

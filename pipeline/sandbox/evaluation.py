@@ -1,18 +1,11 @@
-"""Greedy gold evaluation of a policy on the sandbox's test prompts."""
+"""The gold judge over many responses: which prompts it can judge, rewards, rows with its parts, summaries."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from statistics import mean
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-from pipeline.generation import generate
-from pipeline.outputs import write_jsonl
 from pipeline.sandbox.judge import gold_components
-from pipeline.sandbox.tasks import parse_prompt, test_prompts
-
-SAMPLES_FILE = "sandbox_samples.jsonl"
+from pipeline.sandbox.tasks import parse_prompt
 
 
 def is_sandbox(conversations: list[list[dict]]) -> bool:
@@ -47,22 +40,3 @@ def summarize(rows: list[dict]) -> dict:
         "gold_correctness_by_family": {f: mean(r["correctness"] for r in rows if r["family"] == f) for f in families},
         "finished_fraction": mean(float(r["finished"]) for r in rows),
     }
-
-
-def evaluate_policy(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    num_prompts: int,
-    max_new_tokens: int = 32,
-    batch_size: int = 100,
-    samples_dir: str | Path | None = None,
-) -> dict:
-    """Gold metrics of greedy responses to the first `num_prompts` test prompts (samples saved when asked)."""
-    prompts = test_prompts(num_prompts)
-    conversations = [[{"role": "user", "content": p}] for p in prompts]
-    completions = generate(model, tokenizer, conversations, max_new_tokens, batch_size)
-    rows = score_responses(prompts, [c.text for c in completions], [c.finished for c in completions])
-    if samples_dir is not None:
-        write_jsonl(Path(samples_dir, SAMPLES_FILE), rows)
-    tokens = mean(c.num_tokens for c in completions)
-    return {**summarize(rows), "gold_num_prompts": len(rows), "response_tokens_mean": tokens}

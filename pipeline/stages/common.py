@@ -13,7 +13,7 @@ from pipeline import outputs
 from pipeline.configs import ScriptArguments
 from pipeline.data import load_card
 from pipeline.distributed import rank_divergence
-from pipeline.sandbox.evaluation import evaluate_policy
+from pipeline.evaluation import evaluate_policy
 
 logger = logging.getLogger(__name__)
 

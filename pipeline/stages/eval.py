@@ -8,48 +8,25 @@ Without a gold judge (real data) the reward model is the judge, and the samples 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-import torch
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig
 
 from pipeline import outputs
 from pipeline.configs import PipelineError
 from pipeline.data import load_card
+from pipeline.evaluation import Answers, answer, rule_baseline, win_rate
 from pipeline.models import load_policy, load_scorer, load_tokenizer
-from pipeline.ppo.evaluation import win_rate
-from pipeline.ppo.rollout import (
-    decode,
-    encode_prompts,
-    left_pad,
-    sample,
-    sampled_kl,
-    sampling_generator,
-    sequence_rewards,
-)
+from pipeline.sampling import plain, sampling_generator
 from pipeline.sandbox.evaluation import is_sandbox, score_responses, summarize
-from pipeline.sandbox.judge import strip_filler
 from pipeline.sandbox.tasks import parse_prompt, test_prompts
 
 logger = logging.getLogger(__name__)
 REPORT_FILE = "eval.md"
 SAMPLES_FILE = "samples.jsonl"
 RULE = "rule"  # the reference's answers with the filler removed
-
-
-@dataclass
-class Answers:
-    """One policy's greedy answers to every prompt, with what each costs and scores."""
-
-    texts: list[str] = field(default_factory=list)
-    finished: list[bool] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    rm: list[float] = field(default_factory=list)
-    kl: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -88,36 +65,6 @@ def _prompts(config: EvalConfig) -> list[list[dict]]:
     if "prompt" not in rows.column_names:
         raise PipelineError(f"{config.prompts_card}: split {config.split!r} has no prompt column")
     return list(rows["prompt"])
-
-
-@torch.no_grad()
-def _answer(
-    name: str,
-    policy: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    conversations: list[list[dict]],
-    config: EvalConfig,
-    reference: PreTrainedModel | None,
-    reward_model: PreTrainedModel | None,
-) -> Answers:
-    """Greedy answers with their RM scores; KL(policy || reference) on answers sampled at `temperature`."""
-    pad, stop = tokenizer.pad_token_id, tokenizer.eos_token_id
-    generator = sampling_generator(policy.device, config.seed)
-    answers = Answers()
-    for start in tqdm(range(0, len(conversations), config.batch_size), desc=f"evaluating {name}", unit="batch"):
-        queries, query_mask = left_pad(encode_prompts(tokenizer, conversations[start : start + config.batch_size]), pad)
-        greedy = sample(policy, queries, query_mask, config.max_new_tokens, 0.0, stop, pad)
-        texts, finished = decode(tokenizer, greedy.responses, greedy.mask, stop)
-        answers.texts += texts
-        answers.finished += finished
-        answers.tokens += greedy.mask.sum(1).long().tolist()
-        if reward_model is not None:
-            answers.rm += sequence_rewards(reward_model, queries, query_mask, greedy.responses, greedy.mask).tolist()
-        if reference is not None:
-            answers.kl += sampled_kl(
-                policy, reference, queries, query_mask, config.max_new_tokens, config.temperature, stop, pad, generator
-            )
-    return answers
 
 
 def _win_rates(scores: dict[str, list[float]]) -> dict[str, dict[str, float]]:
@@ -198,8 +145,20 @@ def run(config: EvalConfig) -> dict:
     answers: dict[str, Answers] = {}
     for name, path in config.policies.items():
         policy = reference if name == config.reference else load_policy(path, model_args, config.trust_remote_code)
-        kl_reference = None if name == config.reference else reference
-        answers[name] = _answer(name, policy.eval(), tokenizer, conversations, config, kl_reference, reward_model)
+        kl_reference = None if name == config.reference or reference is None else plain(reference)
+        answers[name] = answer(
+            plain(policy.eval()),
+            tokenizer,
+            conversations,
+            config.max_new_tokens,
+            config.batch_size,
+            tokenizer.eos_token_id,
+            reward_model=None if reward_model is None else plain(reward_model),
+            reference=kl_reference,
+            temperature=config.temperature,
+            generator=sampling_generator(policy.device, config.seed),
+            description=f"evaluating {name}",
+        )
         if name == config.reference and reference is not None:
             answers[name].kl = [0.0] * len(conversations)
 
@@ -220,7 +179,7 @@ def run(config: EvalConfig) -> dict:
         scored = {n: score_responses(user_messages, a.texts, a.finished) for n, a in answers.items()}
         if config.reference is not None:
             ref = answers[config.reference]
-            scored[RULE] = score_responses(user_messages, [strip_filler(t) for t in ref.texts], ref.finished)
+            scored[RULE] = rule_baseline(user_messages, ref.texts, ref.finished)
             policies[RULE] = {}
             for row, rule in zip(samples, scored[RULE], strict=True):
                 row[RULE] = rule["response"]

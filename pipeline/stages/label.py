@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from pipeline import outputs
 from pipeline.configs import LabelConfig
 from pipeline.data import load_card
-from pipeline.generation import generate
+from pipeline.sampling import generate
 from pipeline.sandbox import Labeler, bayes_accuracy, parse_prompt
 from pipeline.sandbox.comparisons import contrast_pair, ranked_row
 

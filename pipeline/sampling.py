@@ -1,4 +1,4 @@
-"""The model passes of a PPO rollout: sampling with the KV cache, log-probs, per-token values and rewards.
+"""The one sampler: responses to chat prompts with the KV cache, with their log-probs, for PPO and evaluation.
 
 Sequences are `[left padding | query | response | right padding]`; position ids count real tokens
 only, so a left-padded query sees the same positions as an unpadded one.
@@ -7,14 +7,25 @@ only, so a left-padded query sees the same positions as an unpadded one.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from accelerate.utils import reduce
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.ppo.core import entropy_from_logits, logprobs_from_logits, response_mask
-from pipeline.scoring import position_ids, score_sequences, token_scores
+from pipeline.scoring import position_ids, sequence_mask
+
+# A model and a factory of the context to call it in: a LoRA policy's reference, or a LoRA value
+# model's reward model, is the same weights under `disable_adapter`
+Called = tuple[torch.nn.Module, Callable[[], contextlib.AbstractContextManager]]
+
+
+def plain(model: torch.nn.Module) -> Called:
+    """A model called as it is."""
+    return model, contextlib.nullcontext
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict]]) -> list[list[int]]:
@@ -108,10 +119,6 @@ def sample(
     )
 
 
-def sequence_mask(query_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    return torch.cat([query_mask, response_mask.to(query_mask.dtype)], dim=1)
-
-
 def response_logprobs(
     model: PreTrainedModel,
     queries: torch.Tensor,
@@ -130,54 +137,36 @@ def response_logprobs(
     return logprobs_from_logits(logits, responses), entropy_from_logits(logits)
 
 
-def response_values(
-    model: PreTrainedModel,
-    queries: torch.Tensor,
-    query_mask: torch.Tensor,
-    responses: torch.Tensor,
-    response_mask: torch.Tensor,
-) -> torch.Tensor:
-    """V(state before each response token): the value head at the token just before it."""
-    mask = sequence_mask(query_mask, response_mask)
-    scores = token_scores(model, torch.cat([queries, responses], dim=1), mask)
-    return scores[:, queries.shape[1] - 1 : -1]
-
-
-def sequence_rewards(
-    model: PreTrainedModel,
-    queries: torch.Tensor,
-    query_mask: torch.Tensor,
-    responses: torch.Tensor,
-    response_mask: torch.Tensor,
-) -> torch.Tensor:
-    """The reward model's score of each query + response, read at the last response token (the stop token)."""
-    return score_sequences(model, torch.cat([queries, responses], dim=1), sequence_mask(query_mask, response_mask))
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finished: bool  # EOS was generated before the length limit
+    num_tokens: int  # not counting the EOS
 
 
 @torch.no_grad()
-def sampled_kl(
-    policy: PreTrainedModel,
-    reference: PreTrainedModel,
-    queries: torch.Tensor,
-    query_mask: torch.Tensor,
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict]],
     max_new_tokens: int,
-    temperature: float,
-    stop_token_id: int | None,
-    pad_token_id: int,
-    generator: torch.Generator,
-    reference_context: contextlib.AbstractContextManager | None = None,
-    synced: bool = False,
-) -> list[float]:
-    """KL(policy || reference) per query: the sum over a sampled response of log pi - log pi_ref (nats).
-
-    `reference_context` is entered for the reference pass only (a LoRA policy with its adapter disabled);
-    `synced` as in `sample`.
-    """
-    samples = sample(
-        policy, queries, query_mask, max_new_tokens, temperature, stop_token_id, pad_token_id, generator, synced
-    )
-    with reference_context or contextlib.nullcontext():
-        ref_logprobs, _ = response_logprobs(
-            reference, queries, query_mask, samples.responses, samples.mask, temperature
-        )
-    return ((samples.logprobs - ref_logprobs) * samples.mask).sum(1).tolist()
+    batch_size: int,
+    temperature: float = 0.0,
+    description: str = "generating",
+) -> list[Completion]:
+    """One completion per conversational prompt, up to EOS; temperature 0 is greedy, else torch's global RNG."""
+    was_training = model.training
+    model.eval()
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    completions = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=description, unit="batch"):
+            ids = encode_prompts(tokenizer, prompts[start : start + batch_size])
+            queries, query_mask = (t.to(model.device) for t in left_pad(ids, pad))
+            samples = sample(model, queries, query_mask, max_new_tokens, temperature, eos, pad)
+            texts, finished = decode(tokenizer, samples.responses, samples.mask, eos)
+            lengths = samples.mask.sum(1).long().tolist()
+            completions += [Completion(t, f, n - f) for t, f, n in zip(texts, finished, lengths, strict=True)]
+    finally:
+        model.train(was_training)
+    return completions

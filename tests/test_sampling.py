@@ -1,12 +1,12 @@
-"""The rollout's model passes on a tiny random Llama: sampled log-probs, greedy decoding, scores."""
+"""The sampler and the scorer passes on a tiny random Llama: sampled log-probs, greedy decoding, scores."""
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from pipeline.ppo.core import response_mask
-from pipeline.ppo.rollout import left_pad, response_logprobs, response_values, sample, sequence_rewards
-from pipeline.scoring import token_scores
+from pipeline.sampling import left_pad, response_logprobs, sample
+from pipeline.scoring import response_values, sequence_rewards, token_scores
 
 PAD, EOS = 0, 2
 CONFIG = dict(

@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: setup base sft label rm eval-rm ppo ppo-ptx rloo grpo demo eval report merge push gpu-check test lint clean-demo
+.PHONY: setup help base sft label rm eval-rm ppo ppo-ptx rloo grpo demo eval report merge push gpu-check test lint clean-demo
 
 setup: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): requirements.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $(STAMP)
+
+# The stages and commands (pipeline/registry.py); `python -m pipeline STAGE --help` lists a stage's recipe keys.
+help: setup
+	$(PYTHON) -m pipeline --help
 
 # `make sft` runs the demo chain up to SFT: stages already current are skipped (FORCE=1 reruns them).
 # With RECIPE=path, ARGS="--key value" and/or ACCELERATE_CONFIG=path it runs the stage itself (after

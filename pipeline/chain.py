@@ -13,13 +13,17 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import outputs
-from pipeline.configs import PipelineError
+from pipeline.errors import PipelineError
+from pipeline.registry import STAGES
 
-CHAIN_FILE = "chain.json"
+# Runs `python -m pipeline <argv>` in this process and returns its exit status (the CLI's main)
+Runner = Callable[[list[str]], int]
+
 RECIPES = Path("recipes/sandbox")
 
 
@@ -47,25 +51,26 @@ def demo_steps(run_dir: Path = Path("outputs/demo")) -> list[Step]:
     RLOO and GRPO (TRL's trainers on the same RM) are optional: `make rloo` / `make grpo` run them
     once; from then on the whole chain keeps them current and evaluates them with the others.
     """
-    names = ("base", "sft", "comparisons", "rm", "ppo", "ppo_ptx", "rloo", "grpo", "eval")
-    d = {name: run_dir / name for name in names}
+    # Each stage's folder, and those of the chain's two other steps
+    d = {name: run_dir / stage.folder for name, stage in STAGES.items()}
+    d.update({"ppo-ptx": run_dir / "ppo_ptx", "eval": run_dir / "eval"})
 
     def recipe(stage: str, variant: str = "demo") -> tuple[str, ...]:
         return (stage, "--config", str(RECIPES / stage / f"config_{variant}.yaml"))
 
-    evaluated = ["base", "sft", "ppo", "ppo_ptx"]
+    evaluated = ["base", "sft", "ppo", "ppo-ptx"]
     evaluated += [name for name in ("rloo", "grpo") if (d[name] / outputs.METRICS_FILE).is_file()]
-    policies = [f"{name}={d[name]}" for name in evaluated]
+    policies = [f"{d[name].name}={d[name]}" for name in evaluated]  # named by their folders
     return [
         Step("base", recipe("base"), d["base"], (), ("eval_loss", "eval loss")),
         Step("sft", recipe("sft"), d["sft"], (d["base"],), ("gold_mean", "gold")),
-        Step("label", recipe("label"), d["comparisons"], (d["sft"],), ("train_pairs", "training pairs")),
-        Step("rm", recipe("rm"), d["rm"], (d["sft"], d["comparisons"]), ("accuracy_to_bayes", "accuracy / Bayes")),
+        Step("label", recipe("label"), d["label"], (d["sft"],), ("train_pairs", "training pairs")),
+        Step("rm", recipe("rm"), d["rm"], (d["sft"], d["label"]), ("accuracy_to_bayes", "accuracy / Bayes")),
         Step("ppo", recipe("ppo"), d["ppo"], (d["sft"], d["rm"]), ("gold_win_rate_vs_sft", "gold win vs SFT")),
         Step(
             "ppo-ptx",
             ("ppo", "--config", str(RECIPES / "ppo/config_ptx.yaml")),
-            d["ppo_ptx"],
+            d["ppo-ptx"],
             (d["sft"], d["rm"]),
             ("gold_win_rate_vs_sft", "gold win vs SFT"),
         ),
@@ -108,7 +113,7 @@ def fingerprint(step: Step) -> str:
 
 def recorded(step: Step) -> dict:
     """What the last finished run of this step wrote to chain.json ({} when none)."""
-    path = step.output / CHAIN_FILE
+    path = step.output / outputs.CHAIN_FILE
     if not (step.output / outputs.METRICS_FILE).is_file() or not path.is_file():
         return {}
     return json.loads(path.read_text())
@@ -119,15 +124,13 @@ def is_current(step: Step) -> bool:
     return bool(record) and record.get("fingerprint") == fingerprint(step)
 
 
-def run_step(step: Step) -> float:
+def run_step(step: Step, run: Runner) -> float:
     """Run one stage as `python -m pipeline <argv>` would; its wall time in seconds.
 
     In this process, not a new one: importing torch, transformers and TRL costs ~9 s per process here.
     """
-    from pipeline.cli import main  # the CLI imports this module
-
     started = time.monotonic()
-    code = main(list(step.argv))
+    code = run(list(step.argv))
     gc.collect()
     if code != 0:
         raise PipelineError(f"stage {step.name} failed (exit code {code}); run the chain again to continue from it")
@@ -137,8 +140,8 @@ def run_step(step: Step) -> float:
     return seconds
 
 
-def run(steps: list[Step], force: bool = False) -> list[dict]:
-    """Run the steps that are not current (all of them with `force`); one summary row per step."""
+def run(steps: list[Step], run_stage: Runner, force: bool = False) -> list[dict]:
+    """Run the steps that are not current (all of them with `force`) with `run_stage`; one summary row per step."""
     rows = []
     for step in steps:
         if not force and is_current(step):
@@ -148,9 +151,9 @@ def run(steps: list[Step], force: bool = False) -> list[dict]:
         if force:
             shutil.rmtree(outputs.partial_dir(step.output), ignore_errors=True)
         print(f"== {step.name}: python -m pipeline {' '.join(step.argv)}", flush=True)
-        seconds = run_step(step)
+        seconds = run_step(step, run_stage)
         record = {"fingerprint": fingerprint(step), "seconds": seconds}
-        (step.output / CHAIN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        (step.output / outputs.CHAIN_FILE).write_text(json.dumps(record, indent=2) + "\n")
         rows.append({"stage": step.name, "ran": True, **record})
     for step, row in zip(steps, rows, strict=True):
         metrics = json.loads((step.output / outputs.METRICS_FILE).read_text())

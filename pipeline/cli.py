@@ -3,33 +3,55 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import logging
 import sys
 import time
 
-from pipeline import chain, distributed
-from pipeline.configs import STAGE_CONFIGS, PipelineError, load_configs, parse_overrides
-
-# Stages whose code lives in a module of another name.
-STAGE_MODULES = {"rloo": "online_rl", "grpo": "online_rl"}
+from pipeline import chain, report
+from pipeline.errors import PipelineError
+from pipeline.registry import STAGES, Stage
 
 
-def _run_recipe_stage(stage: str, config: str, overrides: list[str]) -> None:
+def _run_recipe_stage(stage: Stage, config: str, overrides: list[str]) -> None:
+    from pipeline import distributed  # torch, TRL: only when a stage runs
+    from pipeline.configs import load_configs, parse_overrides
+
     distributed.use_cpu_ranks_without_gpu()
     configs, recipe = load_configs(stage, config, parse_overrides(overrides))
-    importlib.import_module(f"pipeline.stages.{STAGE_MODULES.get(stage, stage)}").run(*configs, recipe=recipe)
+    stage.run(configs, recipe)
+
+
+def _keys_help(stage: Stage) -> str:
+    """--help of a recipe stage: every key it takes, from its config classes, with its default and help."""
+    lines = [
+        f"usage: python -m pipeline {stage.name} --config RECIPE [--key value ...]",
+        "",
+        f"{stage.summary}. A recipe is a YAML mapping of these keys; --key value overrides one.",
+    ]
+    for cls in stage.config_classes():
+        lines += ["", f"{cls.__name__}:"]
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name.startswith("_"):
+                continue
+            text = " ".join(str(f.metadata.get("help", "")).split())
+            lines.append(f"  --{f.name} ({_default(f)}){': ' + text if text else ''}")
+    return "\n".join(lines)
+
+
+def _default(field: dataclasses.Field) -> str:
+    if field.default is not dataclasses.MISSING:
+        return f"default {field.default!r}"
+    return "required" if field.default_factory is dataclasses.MISSING else "default: computed"
 
 
 def _demo(force: bool, until: str | None) -> None:
     started = time.monotonic()
     steps = chain.demo_steps()
     if until is not None:
-        chain.print_summary(chain.run(chain.needed_for(steps, until), force), time.monotonic() - started)
+        chain.print_summary(chain.run(chain.needed_for(steps, until), main, force), time.monotonic() - started)
         return
-    rows = chain.run([step for step in steps if step.in_whole_chain], force)
-    from pipeline import report
-
+    rows = chain.run([step for step in steps if step.in_whole_chain], main, force)
     path = report.write(steps[0].output.parent)
     chain.print_summary(rows, time.monotonic() - started)
     print(f"report: {path}")
@@ -38,9 +60,10 @@ def _demo(force: bool, until: str | None) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", allow_abbrev=False, description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
-    for stage in STAGE_CONFIGS:
-        sub = stages.add_parser(stage, allow_abbrev=False, help=f"run the {stage} stage from a recipe")
-        sub.add_argument("--config", required=True, help="recipe YAML; any recipe key can follow as --key value")
+    for stage in STAGES.values():
+        # --help lists the stage's recipe keys (_keys_help); any key can follow --config as --key value
+        sub = stages.add_parser(stage.name, allow_abbrev=False, add_help=False, help=stage.summary)
+        sub.add_argument("--config", help="the recipe YAML")
     data = stages.add_parser("data", allow_abbrev=False, help="load a data card and report what it gives")
     data.add_argument("card", help="path of the data card (data_cards/<name>.md)")
     data.add_argument("--data_files", help="local files in the card's format, instead of the card's source")
@@ -90,8 +113,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    if args.stage not in STAGE_CONFIGS and rest:
+    stage = STAGES.get(args.stage)
+    if stage is None and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if stage is not None and ({"-h", "--help"} & set(rest) or args.config is None):
+        if args.config is None and not {"-h", "--help"} & set(rest):
+            parser.error(f"the {stage.name} stage needs --config RECIPE (see python -m pipeline {stage.name} --help)")
+        print(_keys_help(stage))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if args.stage == "data":
@@ -128,11 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.commit_message,
             )
         elif args.stage == "report":
-            from pipeline import report
-
             print(f"report: {report.write(args.run_dir)}")
         else:
-            _run_recipe_stage(args.stage, args.config, rest)
+            _run_recipe_stage(stage, args.config, rest)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,19 +15,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from transformers import TrainingArguments
-from trl import GRPOConfig, ModelConfig, RewardConfig, RLOOConfig, SFTConfig
 
+from pipeline.errors import RecipeError
 
-class PipelineError(Exception):
-    """An error in the user's input: printed as one line, exit status 2."""
-
-
-class RecipeError(PipelineError):
-    pass
+if TYPE_CHECKING:
+    from pipeline.registry import Stage
 
 
 @dataclass
@@ -157,16 +153,6 @@ class RewardModelArguments:
 
     reward_model_path: str = field(metadata={"help": "The reward model folder (full or LoRA)."})
 
-
-STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
-    "base": (ScriptArguments, TinyModelConfig, SFTConfig),
-    "sft": (ScriptArguments, ModelConfig, SFTConfig),
-    "label": (LabelConfig,),
-    "rm": (ScriptArguments, ModelConfig, RewardConfig),
-    "ppo": (ScriptArguments, ModelConfig, PPOConfig),
-    "rloo": (ScriptArguments, ModelConfig, RewardModelArguments, RLOOConfig),
-    "grpo": (ScriptArguments, ModelConfig, RewardModelArguments, GRPOConfig),
-}
 
 # Values no run can use; TrainingArguments itself accepts most of them silently.
 _POSITIVE = set(
@@ -298,9 +284,9 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     return recipe
 
 
-def build_configs(stage: str, values: dict[str, Any], source: str = "recipe") -> tuple:
+def build_configs(stage: Stage, values: dict[str, Any], source: str = "recipe") -> tuple:
     """The stage's config dataclasses, built from a flat mapping of recipe keys."""
-    classes = STAGE_CONFIGS[stage]
+    classes, stage = stage.config_classes(), stage.name
     hints = {}
     for cls in reversed(classes):
         fields = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -338,7 +324,7 @@ def build_configs(stage: str, values: dict[str, Any], source: str = "recipe") ->
     return tuple(configs)
 
 
-def load_configs(stage: str, recipe_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[tuple, dict]:
+def load_configs(stage: Stage, recipe_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[tuple, dict]:
     """(config dataclasses, resolved recipe mapping) for a recipe file plus overrides."""
     values = {**read_recipe(recipe_path), **(overrides or {})}
     return build_configs(stage, values, source=str(recipe_path)), values

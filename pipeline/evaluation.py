@@ -15,14 +15,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.outputs import write_jsonl
+from pipeline.outputs import SANDBOX_SAMPLES_FILE, write_jsonl
 from pipeline.sampling import Called, decode, encode_prompts, generate, left_pad, response_logprobs, sample
 from pipeline.sandbox.evaluation import score_responses, summarize
 from pipeline.sandbox.judge import strip_filler
 from pipeline.sandbox.tasks import test_prompts
 from pipeline.scoring import sequence_rewards
-
-SANDBOX_SAMPLES_FILE = "sandbox_samples.jsonl"
 
 
 def win_rate(a: list[float], b: list[float]) -> float:

@@ -19,9 +19,10 @@ from transformers import AutoTokenizer
 from trl import ModelConfig
 
 from pipeline import outputs
-from pipeline.configs import PipelineError
 from pipeline.data import read_card
+from pipeline.errors import PipelineError
 from pipeline.models import is_adapter, load_policy, load_scorer
+from pipeline.registry import STAGES
 
 # What a published folder holds: weights or adapter, configs, tokenizer, the recipe and metrics.
 # Left out: training_args.bin (a pickle), checkpoints, logs, samples and the chain's records.
@@ -40,7 +41,7 @@ UPLOAD_PATTERNS = (
 )
 # Recipe keys that name the model a stage started from, in the order they are followed.
 PARENT_KEYS = ("model_name_or_path", "sft_model_path")
-STAGE_TITLES = {"base": "base", "sft": "SFT", "rm": "reward model", "ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO"}
+STAGE_TITLES = {name: stage.title for name, stage in STAGES.items()}
 
 
 def _recipe(folder: Path) -> dict:

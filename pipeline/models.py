@@ -16,7 +16,7 @@ from transformers import (
 )
 from trl import ModelConfig, get_quantization_config
 
-from pipeline.configs import PipelineError
+from pipeline.errors import PipelineError
 
 GENERATION_MARKER = "{% generation %}"
 

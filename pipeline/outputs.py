@@ -8,11 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from accelerate import PartialState
 
+# The files a stage writes into its output folder (and the report into a run folder)
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"  # one JSON object per logged training step
+CHAIN_FILE = "chain.json"  # the demo chain's fingerprint and wall time of the stage
+SANDBOX_SAMPLES_FILE = "sandbox_samples.jsonl"  # every gold-evaluated test response
+PPO_SAMPLES_FILE = "ppo_samples.jsonl"  # PPO's and SFT's held-out responses side by side
+EVAL_SAMPLES_FILE = "samples.jsonl"  # the eval stage's responses of every policy
+EVAL_REPORT_FILE = "eval.md"
+REPORT_FILE = "report.md"
 # Keys never written to a resolved recipe: they may hold credentials.
 SECRET_KEYS = {"hub_token", "token"}
 
@@ -32,6 +38,8 @@ def start(output_dir: str | Path, stage: str, recipe: dict[str, Any]) -> tuple[P
 
     Under `accelerate launch` the main process prepares the folder before the other ranks look at it.
     """
+    from accelerate import PartialState  # torch: only where a stage runs
+
     work = partial_dir(output_dir)
     resolved = clean_recipe(stage, recipe)
     previous = work / RECIPE_FILE

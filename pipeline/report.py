@@ -13,12 +13,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline import outputs  # noqa: E402
-from pipeline.chain import CHAIN_FILE, demo_steps, is_current  # noqa: E402
-from pipeline.stages.eval import REPORT_FILE as EVAL_REPORT  # noqa: E402
+from pipeline.chain import demo_steps, is_current  # noqa: E402
 
-REPORT_FILE = "report.md"
 FIGURES = "figures"
-STAGES = ("base", "sft", "comparisons", "rm", "ppo", "ppo_ptx", "rloo", "grpo", "eval")
 RL_RUNS = {"ppo": "PPO", "ppo_ptx": "PPO-ptx", "rloo": "RLOO (TRL)", "grpo": "GRPO (TRL)"}
 # One colour per policy in every figure (matplotlib's tab10); other names get the next free ones.
 COLORS = {
@@ -191,11 +188,11 @@ def stage_status(run_dir: Path) -> dict[str, str]:
     """Each finished stage folder's standing: current, stale (an input changed since), or made outside the chain."""
     steps = {step.output.name: step for step in demo_steps(run_dir)}
     status = {}
-    for name in STAGES:
+    for name in steps:
         if not (run_dir / name / outputs.METRICS_FILE).is_file():
             continue
         step = steps.get(name)
-        if step is None or not (run_dir / name / CHAIN_FILE).is_file():
+        if step is None or not (run_dir / name / outputs.CHAIN_FILE).is_file():
             status[name] = "made outside the chain"
         elif all((folder / outputs.METRICS_FILE).is_file() for folder in step.inputs) and is_current(step):
             status[name] = "current"
@@ -207,7 +204,7 @@ def stage_status(run_dir: Path) -> dict[str, str]:
 def _stage_table(run_dir: Path, status: dict[str, str]) -> list[str]:
     lines = ["| stage | wall time | status | outputs |", "|---|---|---|---|"]
     for name, standing in status.items():
-        seconds = _json(run_dir / name / CHAIN_FILE).get("seconds")
+        seconds = _json(run_dir / name / outputs.CHAIN_FILE).get("seconds")
         wall = f"{seconds:.0f} s" if seconds is not None else "-"
         lines.append(f"| {name} | {wall} | {standing} | `{run_dir / name}` |")
     return lines
@@ -235,11 +232,11 @@ def write(run_dir: str | Path) -> Path:
     for title, figure in sections:
         if figure is not None:
             lines += ["", f"## {title}", "", f"![{title}]({figure})"]
-    eval_report = run_dir / "eval" / EVAL_REPORT
+    eval_report = run_dir / "eval" / outputs.EVAL_REPORT_FILE
     if eval_report.is_file():
         # The evaluation's own tables, one heading level down.
         body = eval_report.read_text().replace("\n## ", "\n### ").replace("# Evaluation", "## Evaluation", 1)
         lines += ["", body.rstrip()]
-    partial = run_dir / (REPORT_FILE + ".partial")
+    partial = run_dir / (outputs.REPORT_FILE + ".partial")
     partial.write_text("\n".join(lines) + "\n")
-    return partial.replace(run_dir / REPORT_FILE)
+    return partial.replace(run_dir / outputs.REPORT_FILE)

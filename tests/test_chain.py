@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import chain
-from pipeline.configs import PipelineError
+from pipeline import chain, outputs
+from pipeline.cli import main
+from pipeline.errors import PipelineError
 from tests.conftest import ROOT, metrics
 
 PATH_KEYS = ("model_name_or_path", "sft_model_path", "reward_model_path")
@@ -40,7 +41,7 @@ def test_a_step_is_current_only_with_its_record_and_unchanged_inputs(tmp_path):
     assert not chain.is_current(step)
     _finished(step.output)
     assert not chain.is_current(step)  # output without a record: made outside the chain
-    (step.output / chain.CHAIN_FILE).write_text(json.dumps({"fingerprint": chain.fingerprint(step), "seconds": 1}))
+    (step.output / outputs.CHAIN_FILE).write_text(json.dumps({"fingerprint": chain.fingerprint(step), "seconds": 1}))
     assert chain.is_current(step)
     _finished(upstream, loss=0.5)
     assert not chain.is_current(step)
@@ -95,12 +96,12 @@ def test_chain_runs_a_stage_once_and_again_after_its_input_changes(runs, tmp_pat
     sft = runs / "sft"
     argv = ("eval", "--policies", f"sft={sft}", "--num_prompts", "7", "--output_dir", str(tmp_path / "eval"))
     step = chain.Step("eval", argv, tmp_path / "eval", (sft,))
-    assert [row["ran"] for row in chain.run([step])] == [True]
+    assert [row["ran"] for row in chain.run([step], main)] == [True]
     first = metrics(step.output)
-    assert first["prompts"] == 7 and json.loads((step.output / chain.CHAIN_FILE).read_text())["seconds"] > 0
-    assert [row["ran"] for row in chain.run([step])] == [False]
+    assert first["prompts"] == 7 and json.loads((step.output / outputs.CHAIN_FILE).read_text())["seconds"] > 0
+    assert [row["ran"] for row in chain.run([step], main)] == [False]
     assert "eval: up to date" in capsys.readouterr().out
-    assert [row["ran"] for row in chain.run([step], force=True)] == [True]
+    assert [row["ran"] for row in chain.run([step], main, force=True)] == [True]
 
 
 def test_a_failing_stage_stops_the_chain_with_its_name(tmp_path):
@@ -109,5 +110,5 @@ def test_a_failing_stage_stops_the_chain_with_its_name(tmp_path):
     )
     after = chain.Step("rm", ("rm",), tmp_path / "rm")
     with pytest.raises(PipelineError, match=r"stage sft failed \(exit code 2\)"):
-        chain.run([bad, after])
-    assert not (tmp_path / chain.CHAIN_FILE).exists()
+        chain.run([bad, after], main)
+    assert not (tmp_path / outputs.CHAIN_FILE).exists()

@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 from trl import ModelConfig, SFTConfig
 
-from pipeline.configs import RecipeError, ScriptArguments, TinyModelConfig, build_configs, load_configs, parse_overrides
+from pipeline.configs import ScriptArguments, TinyModelConfig, build_configs, load_configs, parse_overrides
+from pipeline.errors import RecipeError
+from pipeline.registry import stage
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"dataset_card": "data_cards/sandbox_pretrain.md", "output_dir": "/tmp/x", "bf16": False}
@@ -22,14 +24,14 @@ def test_overrides_are_typed():
 
 def test_misspelt_key_suggests_the_closest():
     with pytest.raises(RecipeError, match=r"unknown key 'learnign_rate'.*did you mean 'learning_rate'"):
-        build_configs("sft", {**BASE, "learnign_rate": 1e-3})
+        build_configs(stage("sft"), {**BASE, "learnign_rate": 1e-3})
     with pytest.raises(RecipeError, match=r"unknown key 'lora_alpah'.*did you mean 'lora_alpha'"):
-        build_configs("sft", {**BASE, "lora_alpah": 8})
+        build_configs(stage("sft"), {**BASE, "lora_alpah": 8})
 
 
 def test_unknown_key_without_a_close_match():
     with pytest.raises(RecipeError, match=r"unknown key 'zzz' in recipe for stage 'sft'$"):
-        build_configs("sft", {**BASE, "zzz": 1})
+        build_configs(stage("sft"), {**BASE, "zzz": 1})
 
 
 @pytest.mark.parametrize(
@@ -46,21 +48,21 @@ def test_unknown_key_without_a_close_match():
 )
 def test_wrong_type_or_impossible_value_names_the_key(key, value, message):
     with pytest.raises(RecipeError, match=message):
-        build_configs("sft", {**BASE, key: value})
+        build_configs(stage("sft"), {**BASE, key: value})
 
 
 def test_k_responses_must_be_a_ranking_size():
     with pytest.raises(RecipeError, match=r"'num_responses' must be in \[2, 9\], got 12"):
-        build_configs("label", {"model_name_or_path": "m", "output_dir": "o", "num_responses": 12})
+        build_configs(stage("label"), {"model_name_or_path": "m", "output_dir": "o", "num_responses": 12})
 
 
 def test_missing_required_key():
     with pytest.raises(RecipeError, match="lacks required key 'dataset_card'"):
-        build_configs("sft", {"output_dir": "/tmp/x", "bf16": False})
+        build_configs(stage("sft"), {"output_dir": "/tmp/x", "bf16": False})
 
 
 def test_builds_trl_configs_with_int_widened_to_float():
-    script, model, training = build_configs("sft", {**BASE, "learning_rate": 1, "use_peft": True, "lora_r": 4})
+    script, model, training = build_configs(stage("sft"), {**BASE, "learning_rate": 1, "use_peft": True, "lora_r": 4})
     assert isinstance(script, ScriptArguments) and isinstance(model, ModelConfig) and isinstance(training, SFTConfig)
     assert training.learning_rate == 1.0 and isinstance(training.learning_rate, float)
     assert model.use_peft and model.lora_r == 4
@@ -68,18 +70,18 @@ def test_builds_trl_configs_with_int_widened_to_float():
 
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("recipes/*/*/config_*.yaml")))
 def test_every_recipe_builds_its_configs(recipe):
-    stage = Path(recipe).parent.name
+    name = Path(recipe).parent.name
     # Real-model recipes ask for bf16, which TrainingArguments refuses on a CPU unless told to use it.
     overrides = {"use_cpu": True} if "sandbox" not in recipe else {}
-    configs, values = load_configs(stage, ROOT / recipe, overrides)
+    configs, values = load_configs(stage(name), ROOT / recipe, overrides)
     assert values["output_dir"].startswith("outputs/")
-    if stage == "label":
+    if name == "label":
         assert (ROOT / configs[0].prompts_card).is_file() and configs[0].model_name_or_path
         return
     assert (ROOT / configs[0].dataset_card).is_file()
-    if stage == "base":
+    if name == "base":
         assert isinstance(configs[1], TinyModelConfig)
-    elif stage == "ppo":
+    elif name == "ppo":
         assert configs[2].sft_model_path and configs[2].reward_model_path and not configs[1].model_name_or_path
         assert configs[2].ptx_dataset_card and (ROOT / configs[2].ptx_dataset_card).is_file()
     else:
@@ -88,7 +90,7 @@ def test_every_recipe_builds_its_configs(recipe):
 
 def test_qlora_recipe_keeps_trl_names_and_security_defaults():
     recipe = ROOT / "recipes/llama-3.1-8b/sft/config_qlora.yaml"
-    (_, model, training), _ = load_configs("sft", recipe, {"use_cpu": True})
+    (_, model, training), _ = load_configs(stage("sft"), recipe, {"use_cpu": True})
     assert model.load_in_4bit and model.use_peft and model.bnb_4bit_quant_type == "nf4"
     assert model.lora_target_modules == "all-linear"  # TRL unwraps a one-item list for PEFT
     assert training.trust_remote_code is False

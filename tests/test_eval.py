@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoModelForSequenceClassification
 
 from pipeline.cli import main
-from pipeline.configs import PipelineError
+from pipeline.errors import PipelineError
 from pipeline.sandbox import gold_components, parse_prompt, strip_filler
 from pipeline.stages.eval import parse_policies
 from tests.conftest import metrics

@@ -8,7 +8,7 @@ from safetensors import safe_open
 from trl import ModelConfig
 
 from pipeline.cli import main
-from pipeline.configs import PipelineError
+from pipeline.errors import PipelineError
 from pipeline.models import load_causal_lm, prepare_quantized
 from tests.conftest import SMOKE, metrics, stage_args
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.configs import PipelineError
+from pipeline.errors import PipelineError
 from pipeline.data.formats import CONVERTERS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, get_scheduler
 
 from pipeline import outputs
-from pipeline.configs import PipelineError, PPOConfig
+from pipeline.configs import PPOConfig
 from pipeline.distributed import weights_are_sharded
+from pipeline.errors import PipelineError
 from pipeline.ppo import checkpoint
 from pipeline.ppo.core import (
     gae,

@@ -15,8 +15,8 @@ from statistics import mean
 from trl import ModelConfig
 
 from pipeline import outputs
-from pipeline.configs import PipelineError
 from pipeline.data import load_card
+from pipeline.errors import PipelineError
 from pipeline.evaluation import Answers, answer, rule_baseline, win_rate
 from pipeline.models import load_policy, load_scorer, load_tokenizer
 from pipeline.sampling import plain, sampling_generator
@@ -24,8 +24,6 @@ from pipeline.sandbox.evaluation import is_sandbox, score_responses, summarize
 from pipeline.sandbox.tasks import parse_prompt, test_prompts
 
 logger = logging.getLogger(__name__)
-REPORT_FILE = "eval.md"
-SAMPLES_FILE = "samples.jsonl"
 RULE = "rule"  # the reference's answers with the filler removed
 
 
@@ -201,9 +199,9 @@ def run(config: EvalConfig) -> dict:
 
     # metrics.json sorts its keys; this keeps the order the policies were given in
     metrics["names"] = names + ([RULE] if RULE in policies else [])
-    outputs.write_jsonl(work / SAMPLES_FILE, samples)
-    (work / REPORT_FILE).write_text(_markdown(metrics, samples))
+    outputs.write_jsonl(work / outputs.EVAL_SAMPLES_FILE, samples)
+    (work / outputs.EVAL_REPORT_FILE).write_text(_markdown(metrics, samples))
     outputs.write_metrics(work, metrics)
     outputs.finish(work, config.output_dir)
-    print((Path(config.output_dir) / REPORT_FILE).read_text())
+    print((Path(config.output_dir) / outputs.EVAL_REPORT_FILE).read_text())
     return metrics

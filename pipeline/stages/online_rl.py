@@ -12,8 +12,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
 
 from pipeline import outputs
-from pipeline.configs import PipelineError, RewardModelArguments, ScriptArguments
+from pipeline.configs import RewardModelArguments, ScriptArguments
 from pipeline.data import load_card
+from pipeline.errors import PipelineError
 from pipeline.models import load_causal_lm, load_scorer, load_tokenizer
 from pipeline.reward import reward_scores
 from pipeline.sandbox.evaluation import gold_rewards, is_sandbox

@@ -20,9 +20,10 @@ from transformers import PreTrainedModel, set_seed
 from trl import ModelConfig, get_peft_config
 
 from pipeline import outputs
-from pipeline.configs import PipelineError, PPOConfig, ScriptArguments
+from pipeline.configs import PPOConfig, ScriptArguments
 from pipeline.data import load_card
 from pipeline.distributed import rank_divergence
+from pipeline.errors import PipelineError
 from pipeline.models import is_adapter, load_policy, load_scorer, load_tokenizer, prepare_quantized
 from pipeline.ppo.evaluation import compare_to_sft, ptx_losses
 from pipeline.ppo.trainer import PPOTrainer
@@ -30,7 +31,6 @@ from pipeline.sandbox.evaluation import gold_rewards, is_sandbox
 from pipeline.sandbox.tasks import test_prompts
 
 logger = logging.getLogger(__name__)
-SAMPLES_FILE = "ppo_samples.jsonl"
 
 
 def _frozen(model: PreTrainedModel) -> PreTrainedModel:
@@ -192,7 +192,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
             metrics["ptx_loss"], metrics["ptx_loss_sft"] = ptx_losses(trainer, ptx_eval["text"])
     state_dict = accelerator.get_state_dict(trainer.model)  # gathered on the main process
     if accelerator.is_main_process:
-        outputs.write_jsonl(work / SAMPLES_FILE, metrics.pop("samples", []))
+        outputs.write_jsonl(work / outputs.PPO_SAMPLES_FILE, metrics.pop("samples", []))
         policy_weights = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
         trainer.policy.save_pretrained(str(work), state_dict=policy_weights)
         tokenizer.save_pretrained(str(work))

@@ -1,4 +1,4 @@
-"""Raw dataset rows -> the canonical formats of DESIGN.md (TRL's vocabulary).
+"""Raw dataset rows -> the canonical formats (TRL's vocabulary; the README's "Data cards" section).
 
 Each converter takes one raw row (already renamed by the card's column mapping) and returns one
 canonical row, or raises Drop with the reason, which the loader counts and reports. A ranked list

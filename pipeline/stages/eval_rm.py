@@ -35,7 +35,16 @@ def comparison_rows(
     if card.format == "ranked":
         raw = raw_split(card, split, data_files)
         rows = [row for row in raw.select(range(min(max_rows or len(raw), len(raw))))]
-        return [row for row in rows if row.get("prompt") and len(row.get("responses") or []) >= 2]
+        kept = [row for row in rows if row.get("prompt") and len(row.get("responses") or []) >= 2]
+        if len(kept) < len(rows):
+            logger.warning(
+                "%s [%s]: %d of %d rows dropped (no prompt, or fewer than 2 responses)",
+                card_path,
+                split,
+                len(rows) - len(kept),
+                len(rows),
+            )
+        return kept
     pairs, _ = load_card(card_path, split, data_files, max_rows)
     return [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]]} for p in pairs]
 

@@ -74,7 +74,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         log_with=args.report_to or None,
         project_dir=str(work),
     )
-    accelerator.init_trackers(args.run_name or "ppo", config={k: v for k, v in recipe.items() if k != "hub_token"})
+    accelerator.init_trackers(args.run_name or "ppo", config=outputs.clean_recipe("ppo", recipe))  # no secrets
     set_seed(args.seed)
 
     # Data: the prompts to roll out, and for PPO-ptx the pretraining text

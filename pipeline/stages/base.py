@@ -6,17 +6,14 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from pipeline import outputs
 from pipeline.configs import ScriptArguments, TinyModelConfig
 from pipeline.sandbox.tokenizer import train_tokenizer
-from pipeline.stages.common import load_datasets, train_evaluate_save
+from pipeline.stages.common import load_datasets, start_work, train_evaluate_save
 
 
 def run(script_args: ScriptArguments, model_args: TinyModelConfig, training_args: SFTConfig, recipe: dict) -> dict:
     # Output folder: work happens in <output_dir>.partial, resumed when the recipe is unchanged
-    output_dir = training_args.output_dir
-    work, resume = outputs.start(output_dir, "base", recipe)
-    training_args.output_dir = str(work)
+    work, resume, output_dir = start_work(training_args, "base", recipe)
 
     # Data: raw text from the pretraining card
     train_dataset, eval_dataset = load_datasets(script_args)

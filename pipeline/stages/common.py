@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import datasets
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from pipeline import outputs
 from pipeline.configs import ScriptArguments
@@ -16,6 +16,14 @@ from pipeline.distributed import rank_divergence
 from pipeline.evaluation import evaluate_policy
 
 logger = logging.getLogger(__name__)
+
+
+def start_work(training_args: TrainingArguments, stage: str, recipe: dict) -> tuple[Path, bool, str]:
+    """(work folder, whether to resume it, final output folder): the trainer writes into `<output_dir>.partial`."""
+    output_dir = training_args.output_dir
+    work, resume = outputs.start(output_dir, stage, recipe)
+    training_args.output_dir = str(work)
+    return work, resume, output_dir
 
 
 def load_datasets(script_args: ScriptArguments) -> tuple[datasets.Dataset, datasets.Dataset | None]:

@@ -11,14 +11,13 @@ from __future__ import annotations
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
 
-from pipeline import outputs
 from pipeline.configs import RewardModelArguments, ScriptArguments
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
 from pipeline.models import load_causal_lm, load_scorer, load_tokenizer
 from pipeline.reward import reward_scores
 from pipeline.sandbox.evaluation import gold_rewards, is_sandbox
-from pipeline.stages.common import train_evaluate_save
+from pipeline.stages.common import start_work, train_evaluate_save
 
 
 def _reward_model_reward(scorer: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
@@ -52,9 +51,7 @@ def run(
 ) -> dict:
     stage, trainer_class = TRAINERS[type(training_args)]
     # Output folder: work happens in <output_dir>.partial, resumed when the recipe is unchanged
-    output_dir = training_args.output_dir
-    work, resume = outputs.start(output_dir, stage, recipe)
-    training_args.output_dir = str(work)
+    work, resume, output_dir = start_work(training_args, stage, recipe)
 
     # Data: the prompts only (TRL passes any other column to the reward functions)
     prompts, _ = load_card(

@@ -9,19 +9,16 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import ModelConfig, RewardConfig, get_peft_config
 
-from pipeline import outputs
 from pipeline.configs import ScriptArguments
 from pipeline.models import check_chat_template, load_reward_model, load_tokenizer, prepare_quantized
 from pipeline.reward import GroupedRewardTrainer
-from pipeline.stages.common import load_datasets, train_evaluate_save
+from pipeline.stages.common import load_datasets, start_work, train_evaluate_save
 from pipeline.stages.eval_rm import comparison_rows, evaluate_reward_model
 
 
 def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: RewardConfig, recipe: dict) -> dict:
     # Output folder: work happens in <output_dir>.partial, resumed when the recipe is unchanged
-    output_dir = training_args.output_dir
-    work, resume = outputs.start(output_dir, "rm", recipe)
-    training_args.output_dir = str(work)
+    work, resume, output_dir = start_work(training_args, "rm", recipe)
 
     # Data: preference pairs; a ranked list's pairs share a `group` and train in one batch
     train_dataset, eval_dataset = load_datasets(script_args)

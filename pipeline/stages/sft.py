@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from pipeline import outputs
 from pipeline.configs import ScriptArguments
 from pipeline.models import check_chat_template, load_causal_lm, load_tokenizer, prepare_quantized
-from pipeline.stages.common import load_datasets, train_evaluate_save
+from pipeline.stages.common import load_datasets, start_work, train_evaluate_save
 
 
 def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SFTConfig, recipe: dict) -> dict:
     # Output folder: work happens in <output_dir>.partial, resumed when the recipe is unchanged
-    output_dir = training_args.output_dir
-    work, resume = outputs.start(output_dir, "sft", recipe)
-    training_args.output_dir = str(work)
+    work, resume, output_dir = start_work(training_args, "sft", recipe)
 
     # Data: the card's train and validation splits, in a canonical format
     train_dataset, eval_dataset = load_datasets(script_args)

@@ -15,10 +15,10 @@ from pipeline.registry import STAGES, Stage
 
 def _run_recipe_stage(stage: Stage, config: str, overrides: list[str]) -> None:
     from pipeline import distributed  # torch, TRL: only when a stage runs
-    from pipeline.configs import load_configs, parse_overrides
+    from pipeline.configs import load_configs
 
     distributed.use_cpu_ranks_without_gpu()
-    configs, recipe = load_configs(stage, config, parse_overrides(overrides))
+    configs, recipe = load_configs(stage, config, overrides)
     stage.run(configs, recipe)
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
-import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import yaml
-from transformers import TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 from pipeline.errors import RecipeError
 
@@ -177,10 +177,6 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-# Words YAML 1.1 reads as booleans that are option values on a command line (`--save_strategy no`)
-_BOOL_WORDS = {"yes", "no", "on", "off"}
-
-
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """`value` checked (and widened int -> float) against the annotation `tp`; RecipeError if it cannot fit."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -225,6 +221,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise RecipeError(f"recipe key {key!r} expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
+def _unknown_key(key: str, known: Iterable[str], source: str, stage: str) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key {key!r} in {source} for stage {stage!r}{hint}"
+
+
 def _check_range(key: str, value: Any) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
@@ -238,37 +240,51 @@ def _check_range(key: str, value: Any) -> None:
         raise RecipeError(f"recipe key {key!r} must be in [{_RANGES[key][0]}, {_RANGES[key][1]}], got {value}")
 
 
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+class _OverrideParser(HfArgumentParser):
+    """TRL's argument parser (transformers' HfArgumentParser) over a stage's config classes, raising RecipeErrors."""
+
+    def __init__(self, classes: tuple[type, ...]) -> None:
+        super().__init__(classes, allow_abbrev=False, add_help=False)
+        for action in self._actions:
+            action.required = False  # a required key may come from the recipe; build_configs checks it
+
+    def error(self, message: str) -> NoReturn:
+        raise RecipeError(f"command line: {message}")
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML would read it, except that 1e-5 is a float (YAML 1.1 says string)
-    and yes/no/on/off stay words (`--save_strategy no`); booleans are true and false."""
-    if _FLOAT.match(text) and not text.lstrip("+-").isdigit():
-        return float(text)
-    if text.lower() in _BOOL_WORDS:
-        return text
-    return yaml.safe_load(text)
+def parse_overrides(stage: Stage, argv: list[str]) -> dict[str, Any]:
+    """`--key value` overrides, typed by HfArgumentParser from the stage's config classes.
 
-
-def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """`--key value` pairs (a bare `--flag` means true) into a mapping."""
-    overrides: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--") or len(arg) == 2:
+    As on TRL's command lines, a bare `--flag` is true, `--no_flag` false, a list takes several values;
+    `--key null` sets a key to None.
+    """
+    parser = _OverrideParser(stage.config_classes())
+    options = parser._option_string_actions  # --key, --key-with-dashes, --no_flag -> its action
+    given, parsed, nulls = [], [], {}
+    key = None  # the key whose values follow
+    for arg in argv:
+        if arg.startswith("--"):
+            option, _, inline = arg.partition("=")
+            if option not in options:
+                dests = {action.dest for action in parser._actions}
+                raise RecipeError(_unknown_key(option[2:], dests, "the command line", stage.name))
+            key = options[option].dest
+            if inline == "null":
+                nulls[key], key = None, None
+                continue
+            given.append(key)
+            parsed.append(arg)
+        elif key is None:
             raise RecipeError(f"expected --key value, got {arg!r}")
-        key, eq, inline = arg[2:].partition("=")
-        if eq:
-            overrides[key] = parse_value(inline)
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            overrides[key] = parse_value(argv[i + 1])
-            i += 1
+        elif arg == "null" and parsed[-1].startswith("--"):
+            nulls[key] = None
+            given.remove(key)
+            parsed.pop()
+            key = None
         else:
-            overrides[key] = True
-        i += 1
-    return overrides
+            parsed.append(arg)
+    namespace = parser.parse_args(parsed)
+    return {**{key: getattr(namespace, key) for key in given}, **nulls}
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -293,9 +309,7 @@ def build_configs(stage: Stage, values: dict[str, Any], source: str = "recipe") 
         hints.update({k: v for k, v in typing.get_type_hints(cls).items() if k in fields})
     for key in values:
         if key not in hints:
-            close = difflib.get_close_matches(key, hints, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise RecipeError(f"unknown key {key!r} in {source} for stage {stage!r}{hint}")
+            raise RecipeError(_unknown_key(key, hints, source, stage))
     checked = {}
     for key, value in values.items():
         checked[key] = _coerce(key, value, hints[key])
@@ -324,7 +338,7 @@ def build_configs(stage: Stage, values: dict[str, Any], source: str = "recipe") 
     return tuple(configs)
 
 
-def load_configs(stage: Stage, recipe_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[tuple, dict]:
-    """(config dataclasses, resolved recipe mapping) for a recipe file plus overrides."""
-    values = {**read_recipe(recipe_path), **(overrides or {})}
+def load_configs(stage: Stage, recipe_path: str | Path, overrides: list[str] | None = None) -> tuple[tuple, dict]:
+    """(config dataclasses, resolved recipe mapping) for a recipe file plus `--key value` overrides."""
+    values = {**read_recipe(recipe_path), **parse_overrides(stage, overrides or [])}
     return build_configs(stage, values, source=str(recipe_path)), values

@@ -12,14 +12,31 @@ BASE = {"dataset_card": "data_cards/sandbox_pretrain.md", "output_dir": "/tmp/x"
 
 
 def test_overrides_are_typed():
-    assert parse_overrides(["--learning_rate", "1e-4", "--use_peft", "--lora_r=8", "--report_to", "none"]) == {
+    argv = ["--learning_rate", "1e-4", "--use_peft", "--lora_r=8", "--report_to", "none", "--no_normalize_reward"]
+    assert parse_overrides(stage("ppo"), argv) == {
         "learning_rate": 1e-4,
         "use_peft": True,
         "lora_r": 8,
         "report_to": "none",
+        "normalize_reward": False,
     }
+    modules = parse_overrides(
+        stage("sft"), ["--lora_target_modules", "q_proj", "v_proj", "--max_train_samples", "null"]
+    )
+    assert modules == {"lora_target_modules": ["q_proj", "v_proj"], "max_train_samples": None}
     with pytest.raises(RecipeError, match="expected --key value"):
-        parse_overrides(["learning_rate"])
+        parse_overrides(stage("sft"), ["learning_rate"])
+
+
+def test_command_line_values_are_checked_by_the_stages_types():
+    with pytest.raises(RecipeError, match=r"argument --learning_rate/--learning-rate: invalid float value: 'fast'"):
+        parse_overrides(stage("sft"), ["--learning_rate", "fast"])
+    with pytest.raises(RecipeError, match=r"argument --kl_estimator/--kl-estimator: invalid choice: 'k2'"):
+        parse_overrides(stage("ppo"), ["--kl_estimator", "k2"])
+    with pytest.raises(
+        RecipeError, match=r"unknown key 'learnign_rate' in the command line .*did you mean 'learning_rate'"
+    ):
+        parse_overrides(stage("ppo"), ["--learnign_rate", "1e-3"])
 
 
 def test_misspelt_key_suggests_the_closest():
@@ -72,7 +89,7 @@ def test_builds_trl_configs_with_int_widened_to_float():
 def test_every_recipe_builds_its_configs(recipe):
     name = Path(recipe).parent.name
     # Real-model recipes ask for bf16, which TrainingArguments refuses on a CPU unless told to use it.
-    overrides = {"use_cpu": True} if "sandbox" not in recipe else {}
+    overrides = ["--use_cpu"] if "sandbox" not in recipe else []
     configs, values = load_configs(stage(name), ROOT / recipe, overrides)
     assert values["output_dir"].startswith("outputs/")
     if name == "label":
@@ -90,15 +107,15 @@ def test_every_recipe_builds_its_configs(recipe):
 
 def test_qlora_recipe_keeps_trl_names_and_security_defaults():
     recipe = ROOT / "recipes/llama-3.1-8b/sft/config_qlora.yaml"
-    (_, model, training), _ = load_configs(stage("sft"), recipe, {"use_cpu": True})
+    (_, model, training), _ = load_configs(stage("sft"), recipe, ["--use_cpu"])
     assert model.load_in_4bit and model.use_peft and model.bnb_4bit_quant_type == "nf4"
     assert model.lora_target_modules == "all-linear"  # TRL unwraps a one-item list for PEFT
     assert training.trust_remote_code is False
 
 
 def test_command_line_no_is_a_word_and_false_a_bool():
-    assert parse_overrides(["--save_strategy", "no", "--bf16", "false", "--eval_strategy=off"]) == {
+    assert parse_overrides(stage("sft"), ["--save_strategy", "no", "--bf16", "false", "--eval_strategy=steps"]) == {
         "save_strategy": "no",
         "bf16": False,
-        "eval_strategy": "off",
+        "eval_strategy": "steps",
     }

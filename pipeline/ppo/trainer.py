@@ -143,8 +143,10 @@ class PPOTrainer:
         # DeepSpeed an Accelerator prepares a single model
         trained = PolicyAndValue(policy, value_model)
         optimizer = create_optimizer(args, policy, value_model)
-        # The schedule counts optimiser steps. The accelerator must not step it with the optimiser
-        # (`step_scheduler_with_optimizer=False`): its wrapper steps it once per process per step
+        # The schedule counts optimiser steps, and `learn` steps it once per step: an accelerator that
+        # steps it with the optimiser does so once per process per step
+        if accelerator.step_scheduler_with_optimizer:
+            raise ValueError("PPOTrainer needs an Accelerator(step_scheduler_with_optimizer=False)")
         scheduler = get_scheduler(
             args.lr_scheduler_type,
             optimizer,

@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from pipeline import chain, report
+from pipeline import chain, locks, report
 from pipeline.errors import PipelineError
 from pipeline.registry import STAGES, Stage
 
@@ -163,4 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        locks.release_all()
     return 0

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from pipeline import locks
+
 # The files a stage writes into its output folder (and the report into a run folder)
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
@@ -36,7 +38,8 @@ def clean_recipe(stage: str, recipe: dict[str, Any]) -> dict[str, Any]:
 def start(output_dir: str | Path, stage: str, recipe: dict[str, Any]) -> tuple[Path, bool]:
     """The work folder for a stage, and whether it holds an unfinished run of the same recipe to resume.
 
-    Under `accelerate launch` the main process prepares the folder before the other ranks look at it.
+    The main process takes the folder's lock (`pipeline.locks`) and, under `accelerate launch`,
+    prepares the folder before the other ranks look at it.
     """
     from accelerate import PartialState  # torch: only where a stage runs
 
@@ -45,6 +48,8 @@ def start(output_dir: str | Path, stage: str, recipe: dict[str, Any]) -> tuple[P
     previous = work / RECIPE_FILE
     state = PartialState()
     with state.main_process_first():
+        if state.is_main_process:
+            locks.acquire(output_dir)
         same_run = work.exists() and previous.exists() and yaml.safe_load(previous.read_text()) == resolved
         resume = same_run and any(work.glob("checkpoint-*"))
         if state.is_main_process and not same_run:
@@ -80,4 +85,5 @@ def finish(work: Path, output_dir: str | Path) -> Path:
         shutil.rmtree(old)
     else:
         work.rename(output_dir)
+    locks.release(output_dir)
     return output_dir

@@ -198,6 +198,21 @@ class PPOTrainer:
         values = torch.tensor([stats[name] for name in names], dtype=torch.float64, device=self.accelerator.device)
         return dict(zip(names, self.accelerator.reduce(values, "mean").tolist(), strict=True))
 
+    def _stop_if_not_finite(self, **quantities: torch.Tensor | None) -> None:
+        """A NaN or inf on any rank stops the run on every rank, before the update it would spoil."""
+        present = {name: value for name, value in quantities.items() if value is not None}  # DeepSpeed: no norm
+        if not present:
+            return
+        bad = torch.stack([(~torch.isfinite(value.detach())).any() for value in present.values()]).float()
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, "sum")
+        names = [name.replace("_", " ") for name, flag in zip(present, bad.tolist(), strict=True) if flag]
+        if names:
+            raise PipelineError(
+                f"ppo update {self.step + 1}: {', '.join(names)} not finite (NaN or inf); the last checkpoint in "
+                f"{self.work} is kept: lower the learning rate or check the reward model, then run again"
+            )
+
     def _ptx_loss(self) -> torch.Tensor:
         # Each rank takes its own batches of the one shuffled stream
         size, accelerator = self.args.ptx_batch_size, self.accelerator
@@ -310,10 +325,12 @@ class PPOTrainer:
         rewards, non_score, scores = shape_rewards(
             self._scores(batch["scores"], gold), kl, mask, self.kl_controller.value, has_stop, penalty
         )
+        self._stop_if_not_finite(reward=rewards)
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=self._sum_over_ranks)
         advantages, returns = gae(rewards, batch["values"], mask, args.gamma, args.lam)
         advantages = masked_whiten(advantages, mask, reduce=self._sum_over_ranks)
+        self._stop_if_not_finite(advantage=advantages)
 
         stats = {
             "objective/rm_score": batch["scores"].mean().item(),
@@ -360,17 +377,23 @@ class PPOTrainer:
                         vf_loss, vf_stats = value_loss(
                             values, part.values, part.returns, part.mask, args.cliprange_value
                         )
-                        loss = pg_loss + args.vf_coef * vf_loss
+                        loss, ptx_loss = pg_loss + args.vf_coef * vf_loss, None
                         if self.ptx_texts and args.ptx_coef > 0:
                             ptx_loss = self._ptx_loss()
                             loss = loss + args.ptx_coef * ptx_loss
                             collected["loss/ptx"].append(ptx_loss.item())
+                        self._stop_if_not_finite(policy_loss=pg_loss, value_loss=vf_loss, ptx_loss=ptx_loss)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and args.max_grad_norm:
                             # Each model's norm clipped alone (FSDP2's sharded norms included); DeepSpeed's
                             # engine clips the joint norm itself, at its config's gradient_clipping
-                            for model in (self.policy, self.value_model):
-                                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                            norms = {
+                                f"{name}_gradient_norm": accelerator.clip_grad_norm_(
+                                    model.parameters(), args.max_grad_norm
+                                )
+                                for name, model in (("policy", self.policy), ("value", self.value_model))
+                            }
+                            self._stop_if_not_finite(**norms)
                         self.optimizer.step()
                         if accelerator.sync_gradients and not self.optimizer.step_was_skipped:
                             self.scheduler.step()

@@ -3,19 +3,40 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import datasets
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from pipeline import outputs
 from pipeline.configs import ScriptArguments
 from pipeline.data import load_card
 from pipeline.distributed import rank_divergence
+from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate_policy
 
 logger = logging.getLogger(__name__)
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stops a trainer at the first logged loss, gradient norm or reward that is NaN or inf.
+
+    It raises while the step is logged, before the trainer saves that step's checkpoint, so the last
+    checkpoint is one from before; a NaN between two logging steps is caught at the next one.
+    """
+
+    KEYS = ("loss", "grad_norm", "reward")
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None, **_: Any) -> None:
+        bad = [key for key in self.KEYS if isinstance((logs or {}).get(key), float) and not math.isfinite(logs[key])]
+        if bad:
+            raise PipelineError(
+                f"step {state.global_step}: {', '.join(bad)} not finite (NaN or inf); the last checkpoint in "
+                f"{args.output_dir} is kept: lower the learning rate, then run again"
+            )
 
 
 def start_work(training_args: TrainingArguments, stage: str, recipe: dict) -> tuple[Path, bool, str]:
@@ -60,6 +81,7 @@ def train_evaluate_save(
     )
     if resume:
         logger.info("resuming from the last checkpoint in %s", work)
+    trainer.add_callback(StopOnNonFinite())
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     metrics = {
         "train_loss": result.training_loss,

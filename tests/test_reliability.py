@@ -1,0 +1,104 @@
+"""One run per output folder, and a NaN or inf stops a stage with its last checkpoint intact."""
+
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pipeline import locks, outputs
+from pipeline.cli import main
+from pipeline.errors import PipelineError
+from pipeline.ppo import trainer
+from pipeline.ppo.trainer import PPOTrainer
+from pipeline.stages.common import StopOnNonFinite
+from tests.conftest import assert_resumed_as_uninterrupted, log, ppo_args
+
+
+def test_a_live_run_holds_its_output_folder(tmp_path):
+    out = tmp_path / "sft"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        locks.lock_path(out).write_text(f"{socket.gethostname()}:{holder.pid}\n")
+        with pytest.raises(PipelineError, match=rf"{out} is being written by another run \(pid {holder.pid} on "):
+            outputs.start(out, "sft", {"seed": 0})
+        assert not outputs.partial_dir(out).exists()  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_dead_runs_lock_is_taken_over_with_a_warning(tmp_path, caplog):
+    out = tmp_path / "sft"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    locks.lock_path(out).write_text(f"{socket.gethostname()}:{int(dead.stdout)}\n")
+    with caplog.at_level(logging.WARNING):
+        work, resume = outputs.start(out, "sft", {"seed": 0})
+    assert "taking over the lock" in caplog.text and not resume
+    assert locks.lock_path(out).read_text().strip().endswith(f":{os.getpid()}")
+    outputs.finish(work, out)
+    assert out.is_dir() and not locks.lock_path(out).exists()  # released with the finished folder
+
+
+def test_a_lock_from_another_host_is_not_taken_over(tmp_path):
+    out = tmp_path / "rm"
+    locks.lock_path(out).write_text("some-other-host:1\n")
+    with pytest.raises(PipelineError, match="pid 1 on some-other-host"):
+        outputs.start(out, "rm", {})
+
+
+def test_a_second_run_on_a_held_folder_exits_2_in_one_line(models, tmp_path, capsys):
+    out = tmp_path / "ppo"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        locks.lock_path(out).write_text(f"{socket.gethostname()}:{holder.pid}\n")
+        assert main(ppo_args(models, out)) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("error: ") and str(out) in error and str(holder.pid) in error
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_nan_reward_stops_ppo_and_the_run_resumes_from_its_last_checkpoint(models, full_run, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    scores = PPOTrainer._scores
+
+    def nan_in_update_3(self, rm_scores, gold):
+        result = scores(self, rm_scores, gold)
+        return result * float("nan") if self.step == 2 else result
+
+    monkeypatch.setattr(PPOTrainer, "_scores", nan_in_update_3)
+    assert main(ppo_args(models, out)) == 2
+    partial = outputs.partial_dir(out)
+    assert (partial / "checkpoint-2").is_dir() and [s["step"] for s in log(partial)] == [1, 2]
+    assert not locks.lock_path(out).exists()  # a failed stage frees its folder
+    monkeypatch.setattr(PPOTrainer, "_scores", scores)
+    assert main(ppo_args(models, out)) == 0
+    assert_resumed_as_uninterrupted(out, full_run)
+
+
+def test_a_nan_loss_names_the_update_and_the_quantity(models, tmp_path, monkeypatch, capsys):
+    value_loss = trainer.value_loss
+
+    def nan_value_loss(*args, **kwargs):
+        loss, stats = value_loss(*args, **kwargs)
+        return loss * torch.tensor(float("inf")), stats
+
+    monkeypatch.setattr(trainer, "value_loss", nan_value_loss)
+    assert main(ppo_args(models, tmp_path / "inf")) == 2
+    assert "error: ppo update 1: value loss not finite (NaN or inf)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["loss", "grad_norm", "reward"])
+def test_trl_stages_stop_at_a_logged_nan(key, tmp_path):
+    callback = StopOnNonFinite()
+    state, args = SimpleNamespace(global_step=7), SimpleNamespace(output_dir=str(tmp_path))
+    callback.on_log(args, state, None, logs={key: 0.5, "learning_rate": 1e-3})
+    with pytest.raises(PipelineError, match=rf"step 7: {key} not finite .* {tmp_path} is kept"):
+        callback.on_log(args, state, None, logs={key: math.nan})

@@ -170,6 +170,7 @@ _NON_NEGATIVE = set(
     "missing_eos_penalty".split()
 )
 _UNIT_INTERVAL = {"lora_dropout", "test_fraction", "gamma", "lam"}
+_OPEN_UNIT_INTERVAL = {"cliprange"}  # a ratio clipped to [1 - c, 1 + c]: c in (0, 1)
 _RANGES = {"num_responses": (2, 9)}
 
 
@@ -236,6 +237,8 @@ def _check_range(key: str, value: Any) -> None:
         raise RecipeError(f"recipe key {key!r} must be >= 0, got {value}")
     if key in _UNIT_INTERVAL and not 0 <= value <= 1:
         raise RecipeError(f"recipe key {key!r} must be in [0, 1], got {value}")
+    if key in _OPEN_UNIT_INTERVAL and not 0 < value < 1:
+        raise RecipeError(f"recipe key {key!r} must be in (0, 1), got {value}")
     if key in _RANGES and not _RANGES[key][0] <= value <= _RANGES[key][1]:
         raise RecipeError(f"recipe key {key!r} must be in [{_RANGES[key][0]}, {_RANGES[key][1]}], got {value}")
 
@@ -281,6 +284,8 @@ def parse_overrides(stage: Stage, argv: list[str]) -> dict[str, Any]:
             given.remove(key)
             parsed.pop()
             key = None
+        elif arg.startswith("-") and parsed[-1].startswith("--") and "=" not in parsed[-1]:
+            parsed[-1] += f"={arg}"  # argparse would read -1e-3 as an option
         else:
             parsed.append(arg)
     namespace = parser.parse_args(parsed)

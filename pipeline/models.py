@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification, prepare_model_for_kbit_training
@@ -19,14 +23,47 @@ from trl import ModelConfig, get_quantization_config
 from pipeline.errors import PipelineError
 
 GENERATION_MARKER = "{% generation %}"
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def require_model(name: str | Path) -> None:
+    """A one-line error for a model that cannot be there: a missing folder, or a folder without a model.
+
+    A name that is no folder and has the shape of a Hub id (`org/name`) is left to the Hub.
+    """
+    path = Path(name)
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not is_adapter(path):
+            raise PipelineError(f"{name} holds no model (no config.json or adapter_config.json)")
+    elif path.exists() or not _HUB_ID.match(str(name)) or str(name).startswith("outputs/"):
+        raise PipelineError(f"model folder not found: {name}")
+
+
+def _from_hub(name: str, load: Callable[[], T]) -> T:
+    """`load()`, with the Hub's connection errors turned into one line that says what to do."""
+    require_model(name)
+    try:
+        return load()
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise PipelineError(
+            f"could not load the model {name}: {reason} (offline? point the recipe at a local folder)"
+        ) from error
 
 
 def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token (the EOS token when it has none)."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
+    name = model_args.model_name_or_path
+    tokenizer = _from_hub(
+        name,
+        lambda: AutoTokenizer.from_pretrained(
+            name, revision=model_args.model_revision, trust_remote_code=trust_remote_code
+        ),
     )
     if tokenizer.pad_token is None:
+        logger.warning("the tokenizer of %s has no pad token: padding with its EOS token %r", name, tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -63,8 +100,9 @@ def _keep_4bit_layout_on_cpu(model: PreTrainedModel) -> PreTrainedModel:
 
 def _load(auto_class: type, model_args: ModelConfig, trust_remote_code: bool, **kwargs) -> PreTrainedModel:
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    try:
-        model = auto_class.from_pretrained(
+    model = _from_hub(
+        model_args.model_name_or_path,
+        lambda: auto_class.from_pretrained(
             model_args.model_name_or_path,
             revision=model_args.model_revision,
             dtype=dtype,
@@ -73,10 +111,8 @@ def _load(auto_class: type, model_args: ModelConfig, trust_remote_code: bool, **
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
             **kwargs,
-        )
-    except OSError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise PipelineError(f"could not load the model {model_args.model_name_or_path}: {reason}") from error
+        ),
+    )
     return _keep_4bit_layout_on_cpu(model)
 
 
@@ -99,6 +135,7 @@ def is_adapter(path: str | Path) -> bool:
 
 def load_policy(path: str, model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM from full weights, or from an adapter merged into its base."""
+    require_model(path)
     if is_adapter(path):
         model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
         return model.merge_and_unload()
@@ -109,6 +146,7 @@ def load_scorer(
     path: str, model_args: ModelConfig, pad_token_id: int, trust_remote_code: bool = False
 ) -> PreTrainedModel:
     """A reward model (or value model) from full weights, or from an adapter merged into its base."""
+    require_model(path)
     if is_adapter(path):
         model = AutoPeftModelForSequenceClassification.from_pretrained(
             path, num_labels=1, pad_token_id=pad_token_id, trust_remote_code=trust_remote_code

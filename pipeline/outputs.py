@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from pipeline import locks
+from pipeline.errors import PipelineError
 
 # The files a stage writes into its output folder (and the report into a run folder)
 RECIPE_FILE = "recipe.yaml"
@@ -48,14 +49,17 @@ def start(output_dir: str | Path, stage: str, recipe: dict[str, Any]) -> tuple[P
     previous = work / RECIPE_FILE
     state = PartialState()
     with state.main_process_first():
-        if state.is_main_process:
-            locks.acquire(output_dir)
-        same_run = work.exists() and previous.exists() and yaml.safe_load(previous.read_text()) == resolved
-        resume = same_run and any(work.glob("checkpoint-*"))
-        if state.is_main_process and not same_run:
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            previous.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        try:
+            if state.is_main_process:
+                locks.acquire(output_dir)
+            same_run = work.exists() and previous.exists() and yaml.safe_load(previous.read_text()) == resolved
+            resume = same_run and any(work.glob("checkpoint-*"))
+            if state.is_main_process and not same_run:
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir(parents=True)
+                previous.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        except OSError as error:
+            raise PipelineError(f"cannot write the output folder {output_dir}: {error.strerror or error}") from error
     return work, resume
 
 

@@ -39,5 +39,5 @@ def test_a_missing_reward_model_is_a_clear_error(runs, tmp_path, capsys):
         "rloo", SMOKE / "rloo/config_smoke.yaml", model_name_or_path=runs / "sft", reward_model_path=missing
     )
     assert main([*args, "--output_dir", str(tmp_path / "out")]) == 2
-    assert f"could not load the model {missing}" in capsys.readouterr().err
+    assert f"model folder not found: {missing}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

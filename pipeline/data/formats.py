@@ -57,6 +57,8 @@ def messages(row: dict) -> dict:
     conversation = _messages(_field(row, "messages"), "messages")
     if not any(m["role"] == "assistant" for m in conversation):
         raise Drop("no_assistant_turn")
+    if conversation[-1]["role"] != "assistant":
+        raise Drop("last_turn_not_assistant")  # nothing to learn after the last assistant turn
     return {"messages": conversation}
 
 

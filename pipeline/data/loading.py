@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import glob
+import gzip
+import json
 import logging
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +42,30 @@ def _builder(files: str) -> str:
     return _BUILDERS[suffix]
 
 
+def _first_bad_json_line(files: str) -> str | None:
+    """Where a JSON-lines file first fails to parse, as `path:line: reason`; None when every line parses."""
+    for path in sorted(glob.glob(files)) if any(ch in files for ch in "*?[") else [files]:
+        opener = gzip.open if path.endswith(".gz") else open
+        try:
+            with opener(path, "rt", encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if line.strip():
+                        json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"{path}:{number}: not valid JSON ({error.msg}, column {error.colno})"
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
+            return f"{path}: cannot be read ({error})"
+    return None
+
+
 def _load_local(files: str, split: str = "train") -> datasets.Dataset:
     if not any(ch in files for ch in "*?[") and not Path(files).exists():
         raise DataError(f"data file not found: {files}")
     try:
         return datasets.load_dataset(_builder(files), data_files=files, split=split)
-    except (ValueError, datasets.exceptions.DatasetGenerationError) as error:
-        raise DataError(f"{files}: cannot be read as {_builder(files)} ({error})") from error
+    except (ValueError, OSError, EOFError, zlib.error, datasets.exceptions.DatasetGenerationError) as error:
+        where = _first_bad_json_line(files) if files.endswith((".jsonl", ".gz")) else None
+        raise DataError(where or f"{files}: cannot be read as {_builder(files)} ({error})") from error
 
 
 def raw_split(card: DataCard, split: str, data_files: str | None) -> datasets.Dataset:

@@ -21,6 +21,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from pipeline import outputs
 from pipeline.data import load_card, read_card
 from pipeline.data.loading import raw_split
+from pipeline.models import require_model
 from pipeline.reward import reward_scores, spearman
 from pipeline.sandbox import bayes_accuracy
 
@@ -123,6 +124,7 @@ def run(
     max_rows: int | None = None,
 ) -> dict:
     """Evaluate a saved reward model (full or LoRA) and merge the figures into its metrics.json."""
+    require_model(rm_dir)
     folder = Path(rm_dir)
     recipe = (
         yaml.safe_load((folder / outputs.RECIPE_FILE).read_text()) if (folder / outputs.RECIPE_FILE).exists() else {}

@@ -1,0 +1,279 @@
+"""The bad inputs users meet: each exits 2 with one `error:` line naming the culprit and leaves no output.
+
+A few are data rows a user wants fixed, not refused: those rows are dropped, counted by reason
+in the load report, and the rest loads (exit 0).
+"""
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from tests.conftest import SMOKE, stage_args
+
+GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+
+
+def jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def card(path: Path, front: str) -> Path:
+    path.write_text(f"---\n{front}---\nWhat it is.\n")
+    return path
+
+
+def pair(chosen: str, rejected: str) -> dict:
+    prompt = [{"role": "user", "content": "q"}]
+    answer = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    return {"prompt": prompt, "chosen": answer(chosen), "rejected": answer(rejected)}
+
+
+def refused(argv: list, capsys, *culprits: str, output: Path | None = None) -> str:
+    """Exit 2, one error line naming every culprit, no traceback, and no output folder left behind."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err[-2000:]
+    for culprit in culprits:
+        assert culprit in errors[0], errors[0]
+    if output is not None:
+        assert not output.exists() and not (output.parent / (output.name + ".partial") / "metrics.json").exists()
+    return errors[0]
+
+
+def data(card_path, files=None, split=None) -> list:
+    return ["data", card_path, *(["--data_files", files] if files else []), *(["--split", split] if split else [])]
+
+
+SFT_CARD = "data_cards/sandbox_sft.md"
+
+
+# Data files and data cards
+
+
+def test_malformed_jsonl_names_the_line(tmp_path, capsys):
+    bad = jsonl(tmp_path / "train.jsonl", [GOOD, GOOD, '{"messages": [', GOOD])
+    refused(data(SFT_CARD, bad), capsys, f"{bad}:3: not valid JSON")
+
+
+def test_a_truncated_gzip_file(tmp_path, capsys):
+    packed = gzip.compress(("\n".join(json.dumps(GOOD) for _ in range(300)) + "\n").encode())
+    bad = tmp_path / "train.jsonl.gz"
+    bad.write_bytes(packed[: len(packed) // 2])
+    refused(data(SFT_CARD, bad), capsys, str(bad), "cannot be read")
+
+
+def test_a_missing_column_leaves_nothing_to_use(tmp_path, capsys):
+    bad = jsonl(tmp_path / "train.jsonl", [{"text": "no messages here"}] * 3)
+    refused(data(SFT_CARD, bad), capsys, "missing_messages", "nothing left to use")
+
+
+def test_a_missing_data_file(tmp_path, capsys):
+    refused(data(SFT_CARD, tmp_path / "none.jsonl"), capsys, f"data file not found: {tmp_path / 'none.jsonl'}")
+
+
+def test_a_missing_card(tmp_path, capsys):
+    refused(data(tmp_path / "none.md"), capsys, f"data card not found: {tmp_path / 'none.md'}")
+
+
+def test_a_card_without_front_matter(tmp_path, capsys):
+    path = tmp_path / "card.md"
+    path.write_text("Just prose.\n")
+    refused(data(path), capsys, str(path), "front matter")
+
+
+def test_a_card_whose_front_matter_is_not_yaml(tmp_path, capsys):
+    refused(data(card(tmp_path / "card.md", "name: x\nformat: [unclosed\n")), capsys, "card.md", "not valid YAML")
+
+
+def test_a_card_with_an_unknown_format(tmp_path, capsys):
+    front = f"name: x\nformat: poems\nlicense: mit\nsource:\n  local:\n    train: {tmp_path}/t.jsonl\n"
+    refused(data(card(tmp_path / "card.md", front)), capsys, "format 'poems' is not one of")
+
+
+def test_a_card_column_mapping_to_a_missing_column(tmp_path, capsys):
+    files = jsonl(tmp_path / "t.jsonl", [GOOD] * 2)
+    source = f"source:\n  local:\n    train: {files}\n"
+    front = f"name: x\nformat: messages\nlicense: mit\ncolumns:\n  messages: conversation\n{source}"
+    refused(data(card(tmp_path / "card.md", front)), capsys, "column 'conversation'", "is not in the data")
+
+
+def test_a_split_the_card_does_not_have(capsys):
+    refused(data(SFT_CARD, split="test"), capsys, "no split 'test'", "['train', 'validation']")
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "yo"}]}, "empty_message"),
+        ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "yo"}]}, "empty_message"),
+        ({"messages": [{"role": "wizard", "content": "a"}, {"role": "assistant", "content": "yo"}]}, "bad_role"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                ]
+            },
+            "last_turn_not_assistant",
+        ),
+    ],
+)
+def test_unusable_conversations_are_dropped_and_counted(row, reason, tmp_path, capsys):
+    files = jsonl(tmp_path / "train.jsonl", [row, GOOD, GOOD])
+    assert main(data(SFT_CARD, str(files))) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["rows_in"] == 3 and report["rows_out"] == 2
+    assert [key for key in report["dropped"] if reason in key] and sum(report["dropped"].values()) == 1
+
+
+def test_chosen_identical_to_rejected_is_dropped_and_counted(tmp_path, capsys):
+    files = jsonl(tmp_path / "train.jsonl", [pair("a", "a"), pair("a", "b"), pair("c", "d")])
+    assert main(data("data_cards/ultrafeedback_binarized.md", str(files))) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["rows_out"] == 2 and report["dropped"] == {"identical_chosen_rejected": 1}
+
+
+# Recipes and the command line
+
+
+def sft(tmp_path, **overrides) -> list:
+    return stage_args("sft", SMOKE / "sft/config_smoke.yaml", output_dir=tmp_path / "out", **overrides)
+
+
+def recipe(tmp_path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_typo_in_a_recipe_suggests_the_key(tmp_path, capsys):
+    text = (SMOKE / "sft/config_smoke.yaml").read_text() + "learnign_rate: 1.0e-3\n"
+    refused(["sft", "--config", recipe(tmp_path, text)], capsys, "'learnign_rate'", "did you mean 'learning_rate'")
+
+
+def test_a_typo_on_the_command_line_suggests_the_key(tmp_path, capsys):
+    refused([*sft(tmp_path), "--lora_alpah", "8"], capsys, "'lora_alpah'", "did you mean 'lora_alpha'")
+
+
+def test_a_wrong_type_in_a_recipe(tmp_path, capsys):
+    text = (SMOKE / "sft/config_smoke.yaml").read_text() + "per_device_train_batch_size: 2.5\n"
+    refused(["sft", "--config", recipe(tmp_path, text)], capsys, "'per_device_train_batch_size' expects int")
+
+
+def test_a_wrong_type_on_the_command_line(tmp_path, capsys):
+    refused(sft(tmp_path, learning_rate="fast"), capsys, "--learning_rate", "invalid float value: 'fast'")
+
+
+@pytest.mark.parametrize(
+    ("stage", "key", "value", "message"),
+    [
+        ("sft", "learning_rate", "-1e-3", "'learning_rate' must be > 0, got -0.001"),
+        ("ppo", "cliprange", "1.5", "'cliprange' must be in (0, 1), got 1.5"),
+        ("ppo", "cliprange", "0", "'cliprange' must be > 0, got 0.0"),
+        ("label", "num_responses", "1", "'num_responses' must be in [2, 9], got 1"),
+        ("ppo", "response_length", "0", "'response_length' must be > 0, got 0"),
+        ("ppo", "temperature", "0", "temperature must be > 0"),
+        ("sft", "lora_dropout", "1.5", "'lora_dropout' must be in [0, 1]"),
+    ],
+)
+def test_impossible_values_name_the_key(stage, key, value, message, tmp_path, capsys):
+    argv = stage_args(stage, SMOKE / f"{stage}/config_smoke.yaml", output_dir=tmp_path / "out", **{key: value})
+    refused(argv, capsys, message, output=tmp_path / "out")
+
+
+def test_a_ptx_coefficient_without_pretraining_text(tmp_path, capsys):
+    argv = stage_args("ppo", SMOKE / "ppo/config_smoke.yaml", ptx_coef=0.5, ptx_dataset_card="null")
+    refused(argv, capsys, "ptx_coef > 0 needs ptx_dataset_card")
+
+
+def test_a_recipe_that_is_missing_or_not_a_mapping_or_not_yaml(tmp_path, capsys):
+    refused(["sft", "--config", tmp_path / "none.yaml"], capsys, f"recipe not found: {tmp_path / 'none.yaml'}")
+    refused(["sft", "--config", recipe(tmp_path, "- a\n- b\n")], capsys, "recipe.yaml", "a mapping of key: value")
+    refused(["sft", "--config", recipe(tmp_path, "a: [\n")], capsys, "recipe.yaml", "not valid YAML")
+
+
+def test_a_recipe_without_a_required_key(tmp_path, capsys):
+    text = "".join(
+        line for line in (SMOKE / "sft/config_smoke.yaml").read_text().splitlines(True) if "dataset_card" not in line
+    )
+    refused(["sft", "--config", recipe(tmp_path, text)], capsys, "lacks required key 'dataset_card'")
+
+
+# Models
+
+
+def test_a_missing_model_folder(tmp_path, capsys):
+    refused(sft(tmp_path, model_name_or_path=tmp_path / "none"), capsys, f"model folder not found: {tmp_path / 'none'}")
+
+
+def test_a_folder_that_holds_no_model(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    refused(
+        sft(tmp_path, model_name_or_path=tmp_path / "empty"), capsys, "empty holds no model", output=tmp_path / "out"
+    )
+
+
+def test_a_hub_id_while_offline_says_to_use_a_local_folder(tmp_path, capsys):
+    refused(sft(tmp_path, model_name_or_path="someone/some-model"), capsys, "someone/some-model", "local folder")
+
+
+def test_4bit_without_lora(runs, tmp_path, capsys):
+    argv = sft(tmp_path, model_name_or_path=runs / "base", load_in_4bit="true")
+    refused(argv, capsys, "set use_peft: true", output=tmp_path / "out")
+
+
+def test_a_tokenizer_without_a_chat_template(runs, tmp_path, capsys):
+    base = shutil.copytree(runs / "base", tmp_path / "base")
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    refused(
+        sft(tmp_path, model_name_or_path=base),
+        capsys,
+        "has no chat template",
+        "chat_template_path",
+        output=tmp_path / "out",
+    )
+
+
+# Outputs, the Hub and the other commands
+
+
+def test_an_unwritable_output_folder(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.write_text("a file, not a folder")
+    refused(
+        stage_args("sft", SMOKE / "sft/config_smoke.yaml", output_dir=locked / "out"),
+        capsys,
+        "cannot write the output folder",
+    )
+
+
+def test_a_push_without_a_token(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr("pipeline.hub.get_token", lambda: None)
+    refused(["push", runs / "sft", "--repo_id", "user/model"], capsys, "no Hugging Face token", "HF_TOKEN")
+
+
+def test_a_push_to_a_malformed_repo_id(runs, capsys):
+    refused(["push", runs / "sft", "--repo_id", "no-slash"], capsys, "--repo_id must be USER/NAME")
+
+
+def test_merging_full_weights(runs, capsys):
+    refused(["merge", runs / "sft"], capsys, "holds full weights, not a LoRA adapter")
+
+
+def test_eval_with_a_malformed_policy_or_reference(capsys):
+    refused(["eval", "--policies", "sft"], capsys, "--policies takes NAME=DIR pairs, got 'sft'")
+    refused(
+        ["eval", "--policies", "a=/tmp/x", "--reference", "b"], capsys, "--reference 'b' is not one of the policies"
+    )

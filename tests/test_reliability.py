@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pipeline.errors import PipelineError
 from pipeline.ppo import trainer
 from pipeline.ppo.trainer import PPOTrainer
 from pipeline.stages.common import StopOnNonFinite
-from tests.conftest import assert_resumed_as_uninterrupted, log, ppo_args
+from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, log, ppo_args, stage_args
 
 
 def test_a_live_run_holds_its_output_folder(tmp_path):
@@ -102,3 +103,26 @@ def test_trl_stages_stop_at_a_logged_nan(key, tmp_path):
     callback.on_log(args, state, None, logs={key: 0.5, "learning_rate": 1e-3})
     with pytest.raises(PipelineError, match=rf"step 7: {key} not finite .* {tmp_path} is kept"):
         callback.on_log(args, state, None, logs={key: math.nan})
+
+
+def test_a_token_in_the_environment_is_written_nowhere(runs, tmp_path, monkeypatch, capsys):
+    """SFT, a dry-run push and the report, with a fake token planted: no file they write holds it."""
+    token = "hf_FakeTokenForTheLeakTest0123456789"
+    monkeypatch.setenv("HF_TOKEN", token)
+    sft = tmp_path / "run" / "sft"
+    argv = stage_args("sft", SMOKE / "sft/config_smoke.yaml", model_name_or_path=runs / "base", output_dir=sft)
+    assert main([*argv, "--max_steps", "2", "--sandbox_eval_prompts", "7", "--hub_token", token]) == 0
+    assert main(["push", str(sft), "--repo_id", "someone/leak-test", "--dry_run", str(tmp_path / "upload")]) == 0
+    assert main(["report", str(tmp_path / "run")]) == 0
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 10 and (sft / "recipe.yaml").is_file() and (tmp_path / "upload" / "README.md").is_file()
+    assert not [p for p in written if token.encode() in p.read_bytes()]
+    assert token not in capsys.readouterr().out
+
+
+def test_no_checkpoint_is_unpickled_and_no_remote_code_runs_by_default():
+    sources = {p: p.read_text() for p in (ROOT / "pipeline").rglob("*.py")}
+    loads = [(p, line) for p, text in sources.items() for line in text.splitlines() if "torch.load(" in line]
+    assert loads and all("weights_only=True" in line for _, line in loads)
+    assert not any(re.search(r"^\s*import pickle|pickle\.loads?\(", text, re.M) for text in sources.values())
+    assert "trust_remote_code: bool = False" in sources[ROOT / "pipeline" / "configs.py"]

@@ -44,6 +44,9 @@ def start_work(training_args: TrainingArguments, stage: str, recipe: dict) -> tu
     output_dir = training_args.output_dir
     work, resume = outputs.start(output_dir, stage, recipe)
     training_args.output_dir = str(work)
+    # The Trainer pickles its arguments into every checkpoint and the output (training_args.bin); pushes
+    # take the token from the environment or the login cache (pipeline/hub.py), so a recipe's is dropped
+    training_args.hub_token = None
     return work, resume, output_dir
 
 

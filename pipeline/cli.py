@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     stage = STAGES.get(args.stage)
     if stage is None and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if stage is not None and ({"-h", "--help"} & set(rest) or args.config is None):
-        if args.config is None and not {"-h", "--help"} & set(rest):
-            parser.error(f"the {stage.name} stage needs --config RECIPE (see python -m pipeline {stage.name} --help)")
+    if stage is not None and {"-h", "--help"} & set(rest):
         print(_keys_help(stage))
         return 0
+    if stage is not None and args.config is None:
+        parser.error(f"the {stage.name} stage needs --config RECIPE (see python -m pipeline {stage.name} --help)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if args.stage == "data":

@@ -31,13 +31,14 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 def require_model(name: str | Path) -> None:
     """A one-line error for a model that cannot be there: a missing folder, or a folder without a model.
 
-    A name that is no folder and has the shape of a Hub id (`org/name`) is left to the Hub.
+    A name that is no folder is left to the Hub when it has the shape of a Hub id (`org/name`) and
+    does not start in a local folder (`outputs/sft` is a path).
     """
     path = Path(name)
     if path.is_dir():
         if not (path / "config.json").is_file() and not is_adapter(path):
             raise PipelineError(f"{name} holds no model (no config.json or adapter_config.json)")
-    elif path.exists() or not _HUB_ID.match(str(name)) or str(name).startswith("outputs/"):
+    elif path.exists() or not _HUB_ID.match(str(name)) or Path(path.parts[0]).is_dir():
         raise PipelineError(f"model folder not found: {name}")
 
 
@@ -135,9 +136,10 @@ def is_adapter(path: str | Path) -> bool:
 
 def load_policy(path: str, model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM from full weights, or from an adapter merged into its base."""
-    require_model(path)
     if is_adapter(path):
-        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = _from_hub(
+            path, lambda: AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+        )
         return model.merge_and_unload()
     return load_causal_lm(dataclasses.replace(model_args, model_name_or_path=path), trust_remote_code)
 
@@ -146,10 +148,12 @@ def load_scorer(
     path: str, model_args: ModelConfig, pad_token_id: int, trust_remote_code: bool = False
 ) -> PreTrainedModel:
     """A reward model (or value model) from full weights, or from an adapter merged into its base."""
-    require_model(path)
     if is_adapter(path):
-        model = AutoPeftModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, pad_token_id=pad_token_id, trust_remote_code=trust_remote_code
+        model = _from_hub(
+            path,
+            lambda: AutoPeftModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, pad_token_id=pad_token_id, trust_remote_code=trust_remote_code
+            ),
         )
         return model.merge_and_unload()
     return load_reward_model(dataclasses.replace(model_args, model_name_or_path=path), pad_token_id, trust_remote_code)

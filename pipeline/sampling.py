@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.ppo.core import entropy_from_logits, logprobs_from_logits, response_mask
-from pipeline.scoring import position_ids, sequence_mask
+from pipeline.scoring import position_ids, query_response
 
 # A model and a factory of the context to call it in: a LoRA policy's reference, or a LoRA value
 # model's reward model, is the same weights under `disable_adapter`
@@ -128,8 +128,7 @@ def response_logprobs(
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs, entropies) of the response tokens under `model`, at the sampling temperature."""
-    mask = sequence_mask(query_mask, response_mask)
-    input_ids = torch.cat([queries, responses], dim=1)
+    input_ids, mask = query_response(queries, query_mask, responses, response_mask)
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask)).logits
     logits = logits[:, queries.shape[1] - 1 : -1].float()
     if temperature > 0:

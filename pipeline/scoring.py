@@ -17,8 +17,11 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def sequence_mask(query_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    return torch.cat([query_mask, response_mask.to(query_mask.dtype)], dim=1)
+def query_response(
+    queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of `[left padding | query | response | right padding]`."""
+    return torch.cat([queries, responses], dim=1), torch.cat([query_mask, response_mask.to(query_mask.dtype)], dim=1)
 
 
 def last_real_token(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -65,8 +68,7 @@ def response_values(
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
     """V(state before each response token): the value head at the token just before it."""
-    mask = sequence_mask(query_mask, response_mask)
-    scores = token_scores(model, torch.cat([queries, responses], dim=1), mask)
+    scores = token_scores(model, *query_response(queries, query_mask, responses, response_mask))
     return scores[:, queries.shape[1] - 1 : -1]
 
 
@@ -78,4 +80,4 @@ def sequence_rewards(
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
     """The reward model's score of each query + response, read at the last response token (the stop token)."""
-    return score_sequences(model, torch.cat([queries, responses], dim=1), sequence_mask(query_mask, response_mask))
+    return score_sequences(model, *query_response(queries, query_mask, responses, response_mask))

@@ -325,12 +325,11 @@ class PPOTrainer:
         rewards, non_score, scores = shape_rewards(
             self._scores(batch["scores"], gold), kl, mask, self.kl_controller.value, has_stop, penalty
         )
-        self._stop_if_not_finite(reward=rewards)
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=self._sum_over_ranks)
         advantages, returns = gae(rewards, batch["values"], mask, args.gamma, args.lam)
         advantages = masked_whiten(advantages, mask, reduce=self._sum_over_ranks)
-        self._stop_if_not_finite(advantage=advantages)
+        self._stop_if_not_finite(reward=rewards, advantage=advantages)
 
         stats = {
             "objective/rm_score": batch["scores"].mean().item(),

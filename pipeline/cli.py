@@ -20,6 +20,7 @@ def _run_recipe_stage(stage: Stage, config: str, overrides: list[str]) -> None:
     distributed.use_cpu_ranks_without_gpu()
     configs, recipe = load_configs(stage, config, overrides)
     stage.run(configs, recipe)
+    distributed.end_ranks()
 
 
 def _keys_help(stage: Stage) -> str:

@@ -19,6 +19,18 @@ def use_cpu_ranks_without_gpu() -> None:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
+def end_ranks() -> None:
+    """After a stage succeeds: every rank reaches the end, then the process group closes.
+
+    A rank that exits while another still talks to it over gloo can abort the other one
+    ("terminate called without an active exception"), so no rank leaves first.
+    """
+    state = PartialState()
+    if state.num_processes > 1 and torch.distributed.is_initialized():  # PPO's end_training closed it already
+        state.wait_for_everyone()
+        state.destroy_process_group()
+
+
 def rank_divergence(model: torch.nn.Module) -> float:
     """The largest difference between any rank's per-parameter sums and the main rank's (0.0 in one process)."""
     state = PartialState()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,9 @@ PPO_SAMPLES_FILE = "ppo_samples.jsonl"  # PPO's and SFT's held-out responses sid
 EVAL_SAMPLES_FILE = "samples.jsonl"  # the eval stage's responses of every policy
 EVAL_REPORT_FILE = "eval.md"
 REPORT_FILE = "report.md"
+PPO_STATE_FILE = "trainer_state.pt"  # in a PPO checkpoint (transformers' Trainer writes trainer_state.json)
+logger = logging.getLogger(__name__)
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Keys never written to a resolved recipe: they may hold credentials.
 SECRET_KEYS = {"hub_token", "token"}
 
@@ -34,6 +39,34 @@ def partial_dir(output_dir: str | Path) -> Path:
 def clean_recipe(stage: str, recipe: dict[str, Any]) -> dict[str, Any]:
     """The resolved recipe as written to the output folder: stage first, secrets removed."""
     return {"stage": stage, **{k: v for k, v in recipe.items() if k not in SECRET_KEYS}}
+
+
+def _complete(checkpoint: Path) -> bool:
+    """Whether a checkpoint holds its trainer state, the file both trainers write last.
+
+    transformers' Trainer writes `checkpoint-N/` in place, so a kill while it saves leaves a folder
+    with weights and no (or half a) `trainer_state.json`; PPO renames `tmp-checkpoint-N/` when done.
+    """
+    if (checkpoint / PPO_STATE_FILE).is_file():
+        return True
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_checkpoint(work: Path) -> tuple[int, Path] | None:
+    """(step, folder) of the newest complete checkpoint in `work`, after removing unfinished ones."""
+    found = []
+    for folder in work.glob("*checkpoint-*"):
+        match = _CHECKPOINT.match(folder.name)
+        if match and _complete(folder):
+            found.append((int(match.group(1)), folder))
+        else:
+            logger.warning("removing %s: a checkpoint whose writing was interrupted", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    return max(found) if found else None
 
 
 def start(output_dir: str | Path, stage: str, recipe: dict[str, Any]) -> tuple[Path, bool]:
@@ -53,8 +86,11 @@ def start(output_dir: str | Path, stage: str, recipe: dict[str, Any]) -> tuple[P
             if state.is_main_process:
                 locks.acquire(output_dir)
             same_run = work.exists() and previous.exists() and yaml.safe_load(previous.read_text()) == resolved
-            resume = same_run and any(work.glob("checkpoint-*"))
-            if state.is_main_process and not same_run:
+            resume = same_run and last_checkpoint(work) is not None
+            if state.is_main_process and work.exists() and not resume:
+                why = "no complete checkpoint" if same_run else "another recipe"
+                logger.info("%s holds an unfinished run (%s): starting again from nothing", work, why)
+            if state.is_main_process and not resume:
                 shutil.rmtree(work, ignore_errors=True)
                 work.mkdir(parents=True)
                 previous.write_text(yaml.safe_dump(resolved, sort_keys=False))

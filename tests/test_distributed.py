@@ -20,6 +20,7 @@ from accelerate import PartialState
 from accelerate.commands.config.config_args import load_config_from_file
 
 from pipeline.cli import main
+from pipeline.distributed import end_ranks
 from pipeline.ppo.core import masked_whiten
 from pipeline.sampling import sample
 from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, log, metrics, ppo_args, stage_args
@@ -89,6 +90,7 @@ def _sample_in_step(rank: int, folder: str, synced: bool) -> None:
     queries, mask = torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
     samples = sample(model, queries, mask, 10, 0.0, stop_token_id=2, pad_token_id=0, synced=synced)
     torch.save({"calls": model.calls, "mask": samples.mask}, f"{folder}/rank{rank}.pt")
+    end_ranks()
 
 
 @pytest.mark.parametrize("synced", [True, False])
@@ -170,7 +172,7 @@ def test_ppo_on_two_processes_splits_the_rollout_and_writes_once(ppo_two_process
 def test_ppo_resumes_under_two_processes_as_if_never_stopped(models, ppo_two_processes, tmp_path, capsys):
     out = tmp_path / "resumed"
     args = ppo_args(models, out, per_device_train_batch_size=4)
-    assert launch(args, script="-m tests.ppo_crash_in_step_3").returncode != 0
+    assert launch(args, script="-m tests.killed step 2").returncode != 0
     partial = tmp_path / "resumed.partial"
     assert (partial / "checkpoint-2").is_dir() and [s["step"] for s in log(partial)] == [1, 2]
 

@@ -9,7 +9,6 @@ killed while saving leaves the previous checkpoint as the newest complete one.
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-STATE_FILE = "trainer_state.pt"
+from pipeline import outputs
 
 
 def keep_trainable_weights(accelerator: Accelerator) -> None:
@@ -41,7 +39,7 @@ def save(work: Path, step: int, accelerator: Accelerator, state: dict[str, Any])
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        torch.save(state, tmp / STATE_FILE)
+        torch.save(state, tmp / outputs.PPO_STATE_FILE)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         tmp.rename(final)
@@ -52,17 +50,9 @@ def save(work: Path, step: int, accelerator: Accelerator, state: dict[str, Any])
     return final
 
 
-def latest(work: Path) -> tuple[int, Path] | None:
-    """(step, folder) of the newest complete checkpoint in `work`; unfinished ones are removed."""
-    for tmp in work.glob("tmp-checkpoint-*"):
-        shutil.rmtree(tmp, ignore_errors=True)  # every rank looks; one of them removes it
-    found = [(int(m.group(1)), p) for p in work.iterdir() if (m := _CHECKPOINT.match(p.name))]
-    return max(found) if found else None
-
-
 def trainer_state(folder: Path) -> dict[str, Any]:
     """The trainer state a checkpoint holds (tensors and plain values only: no pickled objects)."""
-    return torch.load(folder / STATE_FILE, weights_only=True)
+    return torch.load(folder / outputs.PPO_STATE_FILE, weights_only=True)
 
 
 def load(folder: Path, accelerator: Accelerator) -> None:

@@ -421,7 +421,7 @@ class PPOTrainer:
 
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint in the work folder, if any; the log keeps its steps."""
-        found = checkpoint.latest(self.work)
+        found = outputs.last_checkpoint(self.work)
         if found is None:
             return False
         step, folder = found

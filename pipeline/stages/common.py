@@ -39,6 +39,14 @@ class StopOnNonFinite(TrainerCallback):
             )
 
 
+class LogAtCheckpoints(TrainerCallback):
+    """Logs the loss at every checkpoint, so the logged losses of a resumed run cover every step (`run_loss`)."""
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **_: Any) -> None:
+        if control.should_save:
+            control.should_log = True
+
+
 def start_work(training_args: TrainingArguments, stage: str, recipe: dict) -> tuple[Path, bool, str]:
     """(work folder, whether to resume it, final output folder): the trainer writes into `<output_dir>.partial`."""
     output_dir = training_args.output_dir
@@ -48,6 +56,21 @@ def start_work(training_args: TrainingArguments, stage: str, recipe: dict) -> tu
     # take the token from the environment or the login cache (pipeline/hub.py), so a recipe's is dropped
     training_args.hub_token = None
     return work, resume, output_dir
+
+
+def run_loss(log_history: list[dict]) -> float | None:
+    """The mean training loss over every logged step of the run, whether or not it was resumed.
+
+    The Trainer's own `training_loss` averages only the steps since it last started, so a resumed
+    run would report a different figure from the same run left alone; with `LogAtCheckpoints` every
+    checkpoint ends a logged span, so the spans of a resumed run are those of an uninterrupted one.
+    """
+    total = steps = last = 0
+    for entry in log_history:
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            steps, last = steps + entry["step"] - last, entry["step"]
+    return total / steps if steps else None
 
 
 def load_datasets(script_args: ScriptArguments) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -85,9 +108,11 @@ def train_evaluate_save(
     if resume:
         logger.info("resuming from the last checkpoint in %s", work)
     trainer.add_callback(StopOnNonFinite())
+    trainer.add_callback(LogAtCheckpoints())
     result = trainer.train(resume_from_checkpoint=True if resume else None)
+    logged_loss = run_loss(trainer.state.log_history)
     metrics = {
-        "train_loss": result.training_loss,
+        "train_loss": result.training_loss if logged_loss is None else logged_loss,
         "train_runtime": result.metrics["train_runtime"],
         "train_steps": result.global_step,
         "effective_batch_size": effective,

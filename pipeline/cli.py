@@ -9,7 +9,7 @@ import sys
 import time
 
 from pipeline import chain, locks, report
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, is_disk_full
 from pipeline.registry import STAGES, Stage
 
 
@@ -163,6 +163,16 @@ def main(argv: list[str] | None = None) -> int:
             _run_recipe_stage(stage, args.config, rest)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        folders = ", ".join(map(str, locks.held())) or "the output folder"
+        print(
+            f"error: no space left on the device while writing {folders}: free some space and run the same "
+            "command again (a stage resumes from its last checkpoint)",
+            file=sys.stderr,
+        )
         return 2
     finally:
         locks.release_all()

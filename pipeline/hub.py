@@ -21,7 +21,7 @@ from trl import ModelConfig
 from pipeline import outputs
 from pipeline.data import read_card
 from pipeline.errors import PipelineError
-from pipeline.models import is_adapter, load_policy, load_scorer
+from pipeline.models import adapter_base, is_adapter, load_policy, load_scorer
 from pipeline.registry import STAGES
 
 # What a published folder holds: weights or adapter, configs, tokenizer, the recipe and metrics.
@@ -56,11 +56,22 @@ def _is_reward_model(folder: Path) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in config.get("architectures", []))
 
 
+def _same_model(a: str, b: str) -> bool:
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
 def _check_run(run_dir: Path, merged: bool) -> None:
     if not (run_dir / "config.json").is_file() and not is_adapter(run_dir):
         raise PipelineError(f"{run_dir} is not a model output folder (no config.json or adapter_config.json)")
     if merged and not is_adapter(run_dir):
         raise PipelineError(f"{run_dir} holds full weights, not a LoRA adapter: there is nothing to merge")
+    recipe = _recipe(run_dir)
+    key = next((k for k in PARENT_KEYS if recipe.get(k)), None)
+    if is_adapter(run_dir) and key is not None and not _same_model(adapter_base(run_dir), str(recipe[key])):
+        raise PipelineError(
+            f"{run_dir / 'adapter_config.json'}: the adapter's base_model_name_or_path {adapter_base(run_dir)} "
+            f"is not the recipe's {key} {recipe[key]}: the adapter would be applied to other weights"
+        )
 
 
 def merge_into(run_dir: Path, folder: Path) -> None:

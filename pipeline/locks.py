@@ -59,7 +59,11 @@ def acquire(output_dir: str | Path) -> None:
                     f"{output_dir} is being written by another run (pid {holder[1]} on {holder[0]}); wait for "
                     f"it to end, or stop it; if it is gone, delete {path}"
                 ) from None
-            logger.warning("%s: taking over the lock of pid %s, which is no longer running", output_dir, holder)
+            logger.warning(
+                "%s: taking over the lock of pid %s, which is no longer running",
+                output_dir,
+                holder[1] if holder else "unknown",
+            )
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:
@@ -74,6 +78,11 @@ def release(output_dir: str | Path) -> None:
     _held.discard(path)
     if _holder(path) == (socket.gethostname(), os.getpid()):
         path.unlink(missing_ok=True)
+
+
+def held() -> list[Path]:
+    """The output folders whose locks this process holds."""
+    return sorted(path.with_suffix("") for path in _held)
 
 
 def release_all() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -69,6 +70,23 @@ def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False) -> 
     return tokenizer
 
 
+def require_same_vocabulary(
+    tokenizer: PreTrainedTokenizerBase, path: str, what: str, reference: str, trust_remote_code: bool = False
+) -> None:
+    """The model in `path` reads token ids made by `tokenizer` (of `reference`), so its vocabulary must be the same."""
+    other = load_tokenizer(ModelConfig(model_name_or_path=path), trust_remote_code)
+    if other.get_vocab() != tokenizer.get_vocab():
+        raise PipelineError(
+            f"the tokenizer of {what} ({path}) differs from that of {reference}: "
+            "they read each other's token ids, so they need one vocabulary"
+        )
+
+
+def adapter_base(path: str | Path) -> str:
+    """The base model a LoRA adapter folder was trained on."""
+    return json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
 def check_chat_template(tokenizer: PreTrainedTokenizerBase, where: str, assistant_only_loss: bool) -> None:
     """A conversational dataset needs a chat template, and assistant-only loss needs generation markers."""
     template = tokenizer.chat_template
@@ -100,6 +118,12 @@ def _keep_4bit_layout_on_cpu(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def _load(auto_class: type, model_args: ModelConfig, trust_remote_code: bool, **kwargs) -> PreTrainedModel:
+    name = model_args.model_name_or_path
+    if is_adapter(name):
+        raise PipelineError(
+            f"{name} is a LoRA adapter (on {adapter_base(name)}), and this stage starts from full weights: "
+            f"merge it first (python -m pipeline merge {name}) and set model_name_or_path to the merged folder"
+        )
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     model = _from_hub(
         model_args.model_name_or_path,

@@ -10,9 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
+from peft import LoraConfig, get_peft_model
+from safetensors import SafetensorError
+from transformers import AutoModelForCausalLM, AutoTokenizer, modeling_utils
 
 from pipeline.cli import main
-from tests.conftest import SMOKE, stage_args
+from pipeline.locks import lock_path
+from tests.conftest import SMOKE, ppo_args, stage_args
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
 
@@ -244,6 +249,47 @@ def test_a_tokenizer_without_a_chat_template(runs, tmp_path, capsys):
     )
 
 
+@pytest.fixture(scope="module")
+def adapter(runs, tmp_path_factory) -> Path:
+    """A LoRA SFT adapter on the smoke base, with its recipe as the sft stage writes it."""
+    folder = tmp_path_factory.mktemp("adapter") / "sft_lora"
+    base = AutoModelForCausalLM.from_pretrained(runs / "base")
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(runs / "base").save_pretrained(folder)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump({"stage": "sft", "model_name_or_path": str(runs / "base")}))
+    return folder
+
+
+def test_an_adapter_where_a_stage_starts_from_full_weights(runs, adapter, tmp_path, capsys):
+    argv = stage_args("rm", SMOKE / "rm/config_smoke.yaml", model_name_or_path=adapter, output_dir=tmp_path / "rm")
+    refused(argv, capsys, f"{adapter} is a LoRA adapter (on {runs / 'base'})", "pipeline merge", output=tmp_path / "rm")
+
+
+def test_an_adapter_whose_base_differs_from_the_recipes(runs, adapter, tmp_path, capsys):
+    moved = shutil.copytree(adapter, tmp_path / "moved")
+    (moved / "recipe.yaml").write_text(yaml.safe_dump({"stage": "sft", "model_name_or_path": str(runs / "sft")}))
+    culprits = ("moved/adapter_config.json", f"base_model_name_or_path {runs / 'base'}", f"{runs / 'sft'}")
+    refused(["merge", moved], capsys, *culprits, output=tmp_path / "moved_merged")
+
+
+@pytest.mark.parametrize("stage", ["ppo", "rloo", "eval"])
+def test_a_reward_model_whose_tokenizer_differs_from_the_policys(stage, models, tmp_path, capsys):
+    sft, rm = models
+    other = shutil.copytree(rm, tmp_path / "rm")
+    tokenizer = AutoTokenizer.from_pretrained(rm)
+    tokenizer.add_tokens(["zzqx"])
+    tokenizer.save_pretrained(other)
+    out = tmp_path / "out"
+    argv = {
+        "ppo": ppo_args((sft, other), out),
+        "rloo": stage_args(
+            "rloo", SMOKE / "rloo/config_smoke.yaml", model_name_or_path=sft, reward_model_path=other, output_dir=out
+        ),
+        "eval": ["eval", "--policies", f"sft={sft}", "--reward_model", other, "--output_dir", out],
+    }[stage]
+    refused(argv, capsys, f"the tokenizer of the reward model ({other}) differs", output=out)
+
+
 # Outputs, the Hub and the other commands
 
 
@@ -255,6 +301,18 @@ def test_an_unwritable_output_folder(tmp_path, capsys):
         capsys,
         "cannot write the output folder",
     )
+
+
+def test_a_full_disk_during_a_save(runs, tmp_path, capsys, monkeypatch):
+    def full(*_, **__):
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", full)  # what a full disk makes safetensors raise
+    out = tmp_path / "out"
+    refused(sft(tmp_path, model_name_or_path=runs / "base"), capsys, "no space left", str(out), output=out)
+    assert not lock_path(out).exists()  # the next run may start at once
 
 
 def test_a_push_without_a_token(runs, tmp_path, capsys, monkeypatch):

@@ -18,7 +18,7 @@ from pipeline import outputs
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
 from pipeline.evaluation import Answers, answer, rule_baseline, win_rate
-from pipeline.models import load_policy, load_scorer, load_tokenizer
+from pipeline.models import load_policy, load_scorer, load_tokenizer, require_same_vocabulary
 from pipeline.sampling import plain, sampling_generator
 from pipeline.sandbox.evaluation import is_sandbox, score_responses, summarize
 from pipeline.sandbox.tasks import parse_prompt, test_prompts
@@ -126,12 +126,9 @@ def run(config: EvalConfig) -> dict:
     base_name = config.reference or names[0]
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=config.policies[base_name]), config.trust_remote_code)
     for name, path in config.policies.items():
-        other = load_tokenizer(ModelConfig(model_name_or_path=path), config.trust_remote_code)
-        if other.get_vocab() != tokenizer.get_vocab():
-            raise PipelineError(
-                f"the tokenizer of {name} ({path}) differs from that of {base_name}: "
-                "RM scores and KL need one vocabulary"
-            )
+        require_same_vocabulary(tokenizer, path, name, base_name, config.trust_remote_code)
+    if config.reward_model is not None:
+        require_same_vocabulary(tokenizer, config.reward_model, "the reward model", base_name, config.trust_remote_code)
     reference = None
     if config.reference is not None:
         reference = load_policy(config.policies[config.reference], model_args, config.trust_remote_code).eval()

@@ -14,7 +14,7 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, g
 from pipeline.configs import RewardModelArguments, ScriptArguments
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
-from pipeline.models import load_causal_lm, load_scorer, load_tokenizer
+from pipeline.models import load_causal_lm, load_scorer, load_tokenizer, require_same_vocabulary
 from pipeline.reward import reward_scores
 from pipeline.sandbox.evaluation import gold_rewards, is_sandbox
 from pipeline.stages.common import start_work, train_evaluate_save
@@ -64,6 +64,13 @@ def run(
 
     # Models: the SFT policy (full or LoRA) and the frozen reward model, plus the gold judge in the sandbox
     tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
+    require_same_vocabulary(
+        tokenizer,
+        reward_args.reward_model_path,
+        "the reward model",
+        f"the policy {model_args.model_name_or_path}",
+        training_args.trust_remote_code,
+    )
     set_seed(training_args.seed)
     policy = load_causal_lm(model_args, training_args.trust_remote_code)
     reward_model = load_scorer(

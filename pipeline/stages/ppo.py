@@ -24,7 +24,14 @@ from pipeline.configs import PPOConfig, ScriptArguments
 from pipeline.data import load_card
 from pipeline.distributed import rank_divergence
 from pipeline.errors import PipelineError
-from pipeline.models import is_adapter, load_policy, load_scorer, load_tokenizer, prepare_quantized
+from pipeline.models import (
+    is_adapter,
+    load_policy,
+    load_scorer,
+    load_tokenizer,
+    prepare_quantized,
+    require_same_vocabulary,
+)
 from pipeline.ppo.evaluation import compare_to_sft, ptx_losses
 from pipeline.ppo.trainer import PPOTrainer
 from pipeline.sandbox.evaluation import gold_rewards, is_sandbox
@@ -99,6 +106,9 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     tokenizer = load_tokenizer(
         dataclasses.replace(model_args, model_name_or_path=args.sft_model_path), args.trust_remote_code
     )
+    value_path = args.value_model_path or args.reward_model_path
+    for path, what in ((args.reward_model_path, "the reward model"), (value_path, "the value model")):
+        require_same_vocabulary(tokenizer, path, what, f"the policy {args.sft_model_path}", args.trust_remote_code)
     peft_config = get_peft_config(model_args)
     if peft_config is not None and is_adapter(args.sft_model_path):
         raise PipelineError(
@@ -116,7 +126,6 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     reward_model = _frozen(
         load_scorer(args.reward_model_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)
     )
-    value_path = args.value_model_path or args.reward_model_path
     shared = peft_config is not None and value_path == args.reward_model_path
     value_model = (
         reward_model if shared else load_scorer(value_path, model_args, tokenizer.pad_token_id, args.trust_remote_code)

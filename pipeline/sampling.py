@@ -129,8 +129,13 @@ def response_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs, entropies) of the response tokens under `model`, at the sampling temperature."""
     input_ids, mask = query_response(queries, query_mask, responses, response_mask)
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask)).logits
-    logits = logits[:, queries.shape[1] - 1 : -1].float()
+    # Logits only where a response token is predicted: a real vocabulary (49k for SmolLM2) over the
+    # query positions too would multiply the largest tensor of the pass by (query + response) / response
+    keep = responses.shape[1] + 1
+    logits = model(
+        input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=keep
+    ).logits
+    logits = logits[:, -keep:-1].float()
     if temperature > 0:
         logits = logits / temperature
     return logprobs_from_logits(logits, responses), entropy_from_logits(logits)

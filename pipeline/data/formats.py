@@ -70,6 +70,16 @@ def prompt_completion(row: dict) -> dict:
     return {"prompt": prompt, "completion": completion}
 
 
+def messages_last_turn(row: dict) -> dict:
+    """A conversation as TRL's prompt-completion pair: every turn before the last, and the last assistant turn.
+
+    SFT then learns the last turn only (completion-only loss) with any chat template, including one
+    without the `{% generation %}` markers that assistant-only loss on `messages` needs.
+    """
+    conversation = messages(row)["messages"]
+    return {"prompt": conversation[:-1], "completion": conversation[-1:]}
+
+
 def prompt_only(row: dict) -> dict:
     return {"prompt": _text_or_messages(_field(row, "prompt"), "prompt")}
 
@@ -162,6 +172,7 @@ CONVERTERS: dict[str, tuple[Callable[[dict], dict], str]] = {
     "text": (text, "language_modeling"),
     "messages": (messages, "conversational"),
     "prompt_completion": (prompt_completion, "prompt_completion"),
+    "messages_last_turn": (messages_last_turn, "prompt_completion"),
     "preference": (preference, "preference"),
     "prompt": (prompt_only, "prompt_only"),
     "hh_rlhf": (hh_rlhf, "preference"),

@@ -137,8 +137,9 @@ def value_loss(
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under each position's logits."""
-    return torch.gather(F.log_softmax(logits.float(), dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
+    """log p(token) under each position's logits (without a second vocabulary-sized tensor of log-probs)."""
+    logits = logits.float()
+    return torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -128,6 +128,16 @@ class PPOTrainer:
         self.prompts, self.gold_fn, self.work = prompts, gold_fn, work
         self.ref_policy, self.reward_model, self.reward_stats = ref_policy, reward_model, reward_stats
         self.query_ids = encode_prompts(tokenizer, prompts)
+        if args.max_prompt_length is not None:
+            # From the left: the end holds the turn the response answers and the assistant's header
+            longer = sum(len(ids) > args.max_prompt_length for ids in self.query_ids)
+            self.query_ids = [ids[-args.max_prompt_length :] for ids in self.query_ids]
+            logger.info(
+                "%d of %d prompts longer than max_prompt_length (%d tokens): cut from the left",
+                longer,
+                len(self.query_ids),
+                args.max_prompt_length,
+            )
         self.stop_token_id = tokenizer.eos_token_id if args.stop_token == "eos" else None
 
         # Batch sizes: a mini-batch (one optimiser step) is per_device x accumulation, and a rollout is

@@ -24,6 +24,7 @@ from trl import ModelConfig, get_quantization_config
 from pipeline.errors import PipelineError
 
 GENERATION_MARKER = "{% generation %}"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -73,7 +74,15 @@ def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False) -> 
 def require_same_vocabulary(
     tokenizer: PreTrainedTokenizerBase, path: str, what: str, reference: str, trust_remote_code: bool = False
 ) -> None:
-    """The model in `path` reads token ids made by `tokenizer` (of `reference`), so its vocabulary must be the same."""
+    """The model in `path` reads token ids made by `tokenizer` (of `reference`), so its vocabulary must be the same.
+
+    A folder saved without a tokenizer (`model.save_pretrained` alone) has nothing to compare: it is
+    taken to read `reference`'s tokens, with a warning.
+    """
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        logger.warning("%s has no tokenizer: assuming it reads the token ids of %s", path, reference)
+        return
     other = load_tokenizer(ModelConfig(model_name_or_path=path), trust_remote_code)
     if other.get_vocab() != tokenizer.get_vocab():
         raise PipelineError(

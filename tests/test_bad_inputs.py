@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, modeling_utils
 
 from pipeline.cli import main
 from pipeline.locks import lock_path
+from pipeline.models import require_same_vocabulary
 from tests.conftest import SMOKE, ppo_args, stage_args
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
@@ -288,6 +289,13 @@ def test_a_reward_model_whose_tokenizer_differs_from_the_policys(stage, models, 
         "eval": ["eval", "--policies", f"sft={sft}", "--reward_model", other, "--output_dir", out],
     }[stage]
     refused(argv, capsys, f"the tokenizer of the reward model ({other}) differs", output=out)
+
+
+def test_a_reward_model_saved_without_a_tokenizer_reads_the_policys(models, tmp_path, caplog):
+    sft, rm = models
+    bare = shutil.copytree(rm, tmp_path / "rm", ignore=shutil.ignore_patterns("tokenizer*", "chat_template*"))
+    require_same_vocabulary(AutoTokenizer.from_pretrained(sft), str(bare), "the reward model", "the policy")
+    assert f"{bare} has no tokenizer: assuming it reads the token ids of the policy" in caplog.text
 
 
 # Outputs, the Hub and the other commands

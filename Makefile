@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx rloo grpo demo eval report merge push gpu-check test lint clean-demo
+.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx rloo grpo demo demo-smollm2 eval report merge push gpu-check test lint clean-demo
 
 setup: $(STAMP)
 
@@ -72,6 +72,10 @@ eval-rm: setup
 # The demo chain (pipeline/chain.py): a stage reruns when its recipe or an input changed; FORCE=1 reruns all.
 demo: setup
 	$(PYTHON) -m pipeline demo $(if $(FORCE),--force)
+
+# The sandbox world on SmolLM2-135M-Instruct (pipeline/chain.py: smollm2_steps) -> outputs/smollm2; ~30 min on 2 cores.
+demo-smollm2: setup
+	$(PYTHON) -m pipeline demo --chain smollm2 $(if $(FORCE),--force)
 
 # `make eval POLICIES="sft=outputs/demo/sft ppo=outputs/demo/ppo" REWARD_MODEL=outputs/demo/rm`; by default every
 # finished policy of the demo (RLOO and GRPO too after `make rloo` / `make grpo`); then `make report`.

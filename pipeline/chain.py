@@ -21,10 +21,10 @@ from pipeline import outputs
 from pipeline.errors import PipelineError
 from pipeline.registry import STAGES
 
+HH_RLHF_FILE = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"  # the one hh-rlhf file this workplace has
+
 # Runs `python -m pipeline <argv>` in this process and returns its exit status (the CLI's main)
 Runner = Callable[[list[str]], int]
-
-RECIPES = Path("recipes/sandbox")
 
 
 @dataclass(frozen=True)
@@ -51,38 +51,133 @@ def demo_steps(run_dir: Path = Path("outputs/demo")) -> list[Step]:
     RLOO and GRPO (TRL's trainers on the same RM) are optional: `make rloo` / `make grpo` run them
     once; from then on the whole chain keeps them current and evaluates them with the others.
     """
-    # Each stage's folder, and those of the chain's two other steps
+    d = _folders(run_dir)
+    recipes = Path("recipes/sandbox")
+    steps = [
+        Step("base", _recipe(recipes, "base"), d["base"], (), ("eval_loss", "eval loss")),
+        Step("sft", _recipe(recipes, "sft"), d["sft"], (d["base"],), ("gold_mean", "gold")),
+    ]
+    return steps + _after_sft(recipes, d, d["sft"], ["base", "sft", "ppo", "ppo-ptx"], ptx_optional=False)
+
+
+def smollm2_steps(run_dir: Path) -> list[Step]:
+    """The sandbox world on SmolLM2-135M-Instruct: import -> LoRA SFT -> merge -> comparisons -> LoRA RM
+    -> LoRA PPO -> eval (recipes/smollm2-135m/); PPO-ptx is an optional step."""
+    d = _folders(run_dir)
+    recipes = Path("recipes/smollm2-135m")
+    merged = run_dir / "sft_merged"
+    steps = [
+        Step("import", ("import-gguf", "--output_dir", str(d["base"])), d["base"], (), ("parameters", "parameters")),
+        Step("sft", _recipe(recipes, "sft"), d["sft"], (d["base"],), ("gold_mean", "gold")),
+        Step("merge", ("merge", str(d["sft"]), "--output_dir", str(merged)), merged, (d["sft"],)),
+    ]
+    # 100 held-out prompts, greedy answers of up to 24 tokens: ~1 minute a policy on 2 cores
+    eval_options = ("--num_prompts", "100", "--max_new_tokens", "24", "--batch_size", "50")
+    return steps + _after_sft(
+        recipes, d, merged, ["base", "sft", "ppo"], ptx_optional=True, trl_online_rl=False, eval_options=eval_options
+    )
+
+
+def smollm2_hh_steps(run_dir: Path) -> list[Step]:
+    """Real human preferences on SmolLM2-135M-Instruct: import -> LoRA SFT on hh-rlhf's chosen responses
+    -> merge -> LoRA RM on hh-rlhf pairs -> LoRA PPO on hh-rlhf prompts -> eval (the RM judges; samples
+    side by side), from the local hh-rlhf file, recipes/smollm2-135m/*/config_hh_rlhf.yaml."""
+    d = _folders(run_dir)
+    recipes = Path("recipes/smollm2-135m")
+    base, merged = Path("outputs/smollm2/base"), run_dir / "sft_merged"
+    held_out = ("--prompts_card", "data_cards/hh_rlhf.md", "--data_files", HH_RLHF_FILE, "--split", "train[2000:]")
+    evaluate = ("eval", "--policies", f"sft={merged}", f"ppo={d['ppo']}", "--reward_model", str(d["rm"]))
+    evaluate += (*held_out, "--num_prompts", "16", "--max_new_tokens", "48", "--batch_size", "16")
+    return [
+        Step("import", ("import-gguf", "--output_dir", str(base)), base, (), ("parameters", "parameters")),
+        Step("sft", _recipe(recipes, "sft", "hh_rlhf"), d["sft"], (base,), ("train_loss", "train loss")),
+        Step("merge", ("merge", str(d["sft"]), "--output_dir", str(merged)), merged, (d["sft"],)),
+        Step("rm", _recipe(recipes, "rm", "hh_rlhf"), d["rm"], (merged,), ("eval_accuracy", "held-out accuracy")),
+        Step("ppo", _recipe(recipes, "ppo", "hh_rlhf"), d["ppo"], (merged, d["rm"]), ("rm_score_mean", "RM score")),
+        Step("eval", (*evaluate, "--output_dir", str(d["eval"])), d["eval"], (d["rm"], merged, d["ppo"])),
+    ]
+
+
+@dataclass(frozen=True)
+class Chain:
+    folder: Path  # where its stages write by default
+    steps: Callable[[Path], list[Step]]
+
+
+# The chains `python -m pipeline demo --chain NAME` runs
+CHAINS = {
+    "sandbox": Chain(Path("outputs/demo"), demo_steps),
+    "smollm2": Chain(Path("outputs/smollm2"), smollm2_steps),
+    "smollm2-hh": Chain(Path("outputs/smollm2-hh"), smollm2_hh_steps),
+}
+
+
+def steps_for(run_dir: Path) -> list[Step]:
+    """The steps of the chain whose default folder has `run_dir`'s name (the sandbox demo's for any other)."""
+    for chain in CHAINS.values():
+        if chain.folder.name == run_dir.name:
+            return chain.steps(run_dir)
+    return demo_steps(run_dir)
+
+
+def _folders(run_dir: Path) -> dict[str, Path]:
+    """Each stage's folder, and those of the chains' other steps."""
     d = {name: run_dir / stage.folder for name, stage in STAGES.items()}
     d.update({"ppo-ptx": run_dir / "ppo_ptx", "eval": run_dir / "eval"})
+    return d
 
-    def recipe(stage: str, variant: str = "demo") -> tuple[str, ...]:
-        return (stage, "--config", str(RECIPES / stage / f"config_{variant}.yaml"))
 
-    evaluated = ["base", "sft", "ppo", "ppo-ptx"]
-    evaluated += [name for name in ("rloo", "grpo") if (d[name] / outputs.METRICS_FILE).is_file()]
-    policies = [f"{d[name].name}={d[name]}" for name in evaluated]  # named by their folders
+def _recipe(recipes: Path, stage: str, variant: str = "demo") -> tuple[str, ...]:
+    return (stage, "--config", str(recipes / stage / f"config_{variant}.yaml"))
+
+
+def _after_sft(
+    recipes: Path,
+    d: dict[str, Path],
+    sft: Path,
+    evaluated: list[str],
+    ptx_optional: bool,
+    trl_online_rl: bool = True,
+    eval_options: tuple[str, ...] = (),
+) -> list[Step]:
+    """label -> RM -> PPO, PPO-ptx (RLOO, GRPO) -> eval of `evaluated` and of the optional steps already run."""
+    online = ("rloo", "grpo") if trl_online_rl else ()
+    evaluated += [name for name in ("ppo-ptx", *online) if name not in evaluated and _done(d[name])]
+    policies = [f"{d[name].name}={sft if name == 'sft' else d[name]}" for name in evaluated]  # named by their folders
+    rl = (sft, d["rm"])
     return [
-        Step("base", recipe("base"), d["base"], (), ("eval_loss", "eval loss")),
-        Step("sft", recipe("sft"), d["sft"], (d["base"],), ("gold_mean", "gold")),
-        Step("label", recipe("label"), d["label"], (d["sft"],), ("train_pairs", "training pairs")),
-        Step("rm", recipe("rm"), d["rm"], (d["sft"], d["label"]), ("accuracy_to_bayes", "accuracy / Bayes")),
-        Step("ppo", recipe("ppo"), d["ppo"], (d["sft"], d["rm"]), ("gold_win_rate_vs_sft", "gold win vs SFT")),
+        Step("label", _recipe(recipes, "label"), d["label"], (sft,), ("train_pairs", "training pairs")),
+        Step("rm", _recipe(recipes, "rm"), d["rm"], (sft, d["label"]), ("accuracy_to_bayes", "accuracy / Bayes")),
+        Step("ppo", _recipe(recipes, "ppo"), d["ppo"], rl, ("gold_win_rate_vs_sft", "gold win vs SFT")),
         Step(
             "ppo-ptx",
-            ("ppo", "--config", str(RECIPES / "ppo/config_ptx.yaml")),
+            ("ppo", "--config", str(recipes / "ppo/config_ptx.yaml")),
             d["ppo-ptx"],
-            (d["sft"], d["rm"]),
+            rl,
             ("gold_win_rate_vs_sft", "gold win vs SFT"),
+            optional=ptx_optional,
         ),
-        Step("rloo", recipe("rloo"), d["rloo"], (d["sft"], d["rm"]), ("gold_mean", "gold"), optional=True),
-        Step("grpo", recipe("grpo"), d["grpo"], (d["sft"], d["rm"]), ("gold_mean", "gold"), optional=True),
+        *(Step(name, _recipe(recipes, name), d[name], rl, ("gold_mean", "gold"), optional=True) for name in online),
         Step(
             "eval",
-            ("eval", "--policies", *policies, "--reward_model", str(d["rm"]), "--output_dir", str(d["eval"])),
+            (
+                "eval",
+                "--policies",
+                *policies,
+                "--reward_model",
+                str(d["rm"]),
+                "--output_dir",
+                str(d["eval"]),
+                *eval_options,
+            ),
             d["eval"],
-            (d["rm"], *(d[name] for name in evaluated)),
+            (d["rm"], *(sft if name == "sft" else d[name] for name in evaluated)),
         ),
     ]
+
+
+def _done(folder: Path) -> bool:
+    return (folder / outputs.METRICS_FILE).is_file()
 
 
 def needed_for(steps: list[Step], name: str) -> list[Step]:

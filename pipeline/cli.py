@@ -46,14 +46,15 @@ def _default(field: dataclasses.Field) -> str:
     return "required" if field.default_factory is dataclasses.MISSING else "default: computed"
 
 
-def _demo(force: bool, until: str | None) -> None:
+def _demo(name: str, force: bool, until: str | None) -> None:
     started = time.monotonic()
-    steps = chain.demo_steps()
+    run_dir = chain.CHAINS[name].folder
+    steps = chain.CHAINS[name].steps(run_dir)
     if until is not None:
         chain.print_summary(chain.run(chain.needed_for(steps, until), main, force), time.monotonic() - started)
         return
     rows = chain.run([step for step in steps if step.in_whole_chain], main, force)
-    path = report.write(steps[0].output.parent)
+    path = report.write(run_dir)
     chain.print_summary(rows, time.monotonic() - started)
     print(f"report: {path}")
 
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--reward_model", help="an RM output folder: RM scores and RM-judged win-rates")
     evaluate.add_argument("--reference", help="the policy to measure KL against (default: sft, when given)")
     evaluate.add_argument("--prompts_card", help="a prompts card (default: the sandbox's test prompts)")
+    evaluate.add_argument("--data_files", help="local files in the prompts card's format, instead of its source")
     evaluate.add_argument("--split", default="test", help="the card's split (default: test)")
     evaluate.add_argument("--num_prompts", type=int, default=200)
     evaluate.add_argument("--max_new_tokens", type=int, default=32)
@@ -90,11 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--output_dir", default="outputs/demo/eval")
     evaluate.add_argument("--trust_remote_code", action="store_true")
-    demo = stages.add_parser("demo", allow_abbrev=False, help="run the sandbox chain, skipping current stages")
-    demo.add_argument("--force", action="store_true", help="rerun every stage")
+    demo = stages.add_parser("demo", allow_abbrev=False, help="run a demo chain, skipping current stages")
     demo.add_argument(
-        "--until", choices=[step.name for step in chain.demo_steps()], help="run only this stage and those it needs"
+        "--chain",
+        choices=list(chain.CHAINS),
+        default="sandbox",
+        help="sandbox: the tiny base model (outputs/demo); smollm2: the sandbox world on SmolLM2-135M-Instruct "
+        "(outputs/smollm2); smollm2-hh: SmolLM2 on hh-rlhf's human preferences (outputs/smollm2-hh)",
     )
+    demo.add_argument("--force", action="store_true", help="rerun every stage")
+    demo.add_argument("--until", metavar="STAGE", help="run only this stage and those it needs")
     merge = stages.add_parser("merge", allow_abbrev=False, help="merge a LoRA adapter into its base weights")
     merge.add_argument("run_dir", help="an output folder that holds an adapter (policy or reward model)")
     merge.add_argument("--output_dir", help="default: RUN_DIR_merged")
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             reference = args.reference or ("sft" if "sft" in policies else None)
             evaluation.run(evaluation.EvalConfig(policies=policies, reference=reference, **options))
         elif args.stage == "demo":
-            _demo(args.force, args.until)
+            _demo(args.chain, args.force, args.until)
         elif args.stage == "merge":
             from pipeline import hub
 

@@ -38,6 +38,13 @@ class ScriptArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
     max_eval_samples: int | None = None
+    fit_prompts: bool = field(
+        default=False,
+        metadata={
+            "help": "Cut a conversational prompt's earliest turns until prompt + response fit max_length "
+            "(counted in the log; rows that cannot fit are dropped)."
+        },
+    )
     sandbox_eval_prompts: int = field(
         default=0, metadata={"help": "Greedy gold evaluation on this many sandbox test prompts (0: off)."}
     )

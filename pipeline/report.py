@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline import outputs  # noqa: E402
-from pipeline.chain import demo_steps, is_current  # noqa: E402
+from pipeline.chain import is_current, steps_for  # noqa: E402
 
 FIGURES = "figures"
 RL_RUNS = {"ppo": "PPO", "ppo_ptx": "PPO-ptx", "rloo": "RLOO (TRL)", "grpo": "GRPO (TRL)"}
@@ -186,7 +186,7 @@ def _headline(evaluation: dict) -> list[str]:
 
 def stage_status(run_dir: Path) -> dict[str, str]:
     """Each finished stage folder's standing: current, stale (an input changed since), or made outside the chain."""
-    steps = {step.output.name: step for step in demo_steps(run_dir)}
+    steps = {step.output.name: step for step in steps_for(run_dir)}
     status = {}
     for name in steps:
         if not (run_dir / name / outputs.METRICS_FILE).is_file():

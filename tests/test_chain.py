@@ -75,8 +75,10 @@ def test_an_optional_stage_joins_the_chain_and_its_evaluation_once_it_has_run(tm
     assert f"rloo={tmp_path / 'rloo'}" in after[-1].argv and tmp_path / "rloo" in after[-1].inputs
 
 
-def test_demo_recipes_read_exactly_the_outputs_the_chain_declares():
-    steps = chain.demo_steps()
+@pytest.mark.parametrize("name", list(chain.CHAINS))
+def test_each_chains_recipes_read_exactly_the_outputs_the_chain_declares(name):
+    steps = chain.CHAINS[name].steps(chain.CHAINS[name].folder)
+    label = next((step.output for step in steps if step.name == "label"), None)
     made: set[Path] = set()
     for step in steps:
         assert set(step.inputs) <= made, f"{step.name} reads an output made later"
@@ -86,10 +88,29 @@ def test_demo_recipes_read_exactly_the_outputs_the_chain_declares():
             read = {Path(recipe[k]) for k in PATH_KEYS if recipe.get(k)}
             if "comparisons" in recipe.get("dataset_card", ""):
                 card = (ROOT / recipe["dataset_card"]).read_text()
-                assert f"{steps[2].output}/train.jsonl" in card
-                read.add(steps[2].output)
+                assert f"{label}/train.jsonl" in card and f"{label}/test.jsonl" in card
+                read.add(label)
             assert read == set(step.inputs), step.name
         made.add(step.output)
+
+
+def test_the_smollm2_chain_merges_its_sft_adapter_and_evaluates_the_imported_model(tmp_path):
+    steps = {step.name: step for step in chain.smollm2_steps(tmp_path)}
+    assert [s.name for s in chain.needed_for(list(steps.values()), "rm")] == ["import", "sft", "merge", "label", "rm"]
+    assert steps["merge"].argv == ("merge", str(tmp_path / "sft"), "--output_dir", str(tmp_path / "sft_merged"))
+    policies = steps["eval"].argv[
+        steps["eval"].argv.index("--policies") + 1 : steps["eval"].argv.index("--reward_model")
+    ]
+    assert policies == (f"base={tmp_path / 'base'}", f"sft={tmp_path / 'sft_merged'}", f"ppo={tmp_path / 'ppo'}")
+    assert not steps["ppo-ptx"].in_whole_chain  # optional here, unlike the sandbox demo
+    assert chain.steps_for(tmp_path / "smollm2")[0].name == "import"
+    assert [s.name for s in chain.steps_for(tmp_path / "smollm2-hh")] == ["import", "sft", "merge", "rm", "ppo", "eval"]
+    assert chain.steps_for(tmp_path / "demo")[0].name == "base"
+
+
+def test_demo_refuses_a_stage_its_chain_does_not_have(capsys):
+    assert main(["demo", "--chain", "smollm2", "--until", "base"]) == 2
+    assert "no stage 'base' in the chain; it has ['import', 'sft', 'merge'" in capsys.readouterr().err
 
 
 def test_chain_runs_a_stage_once_and_again_after_its_input_changes(runs, tmp_path, capsys):

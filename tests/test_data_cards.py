@@ -34,6 +34,28 @@ def test_hh_rlhf_real_file_parses_into_conversational_pairs():
     assert "Human:" not in row["prompt"][0]["content"]
 
 
+def test_hh_rlhf_chosen_reads_the_chosen_transcript_as_prompt_and_completion():
+    from pipeline.data.formats import hh_rlhf_chosen
+
+    row = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bye?\n\nAssistant: Bye!", "rejected": "x"}
+    assert hh_rlhf_chosen(row) == {
+        "prompt": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Bye?"},
+        ],
+        "completion": [{"role": "assistant", "content": "Bye!"}],
+    }
+
+
+@pytest.mark.skipif(not HH.exists(), reason="needs ../shared/data/hh-rlhf")
+def test_hh_rlhf_chosen_card_on_the_real_file():
+    dataset, report = load_card(CARDS / "hh_rlhf_chosen.md", "train[:100]", data_files=str(HH))
+    assert report.format == "prompt_completion" and report.rows_out + sum(report.dropped.values()) == 100
+    assert all(row["prompt"][-1]["role"] == "user" for row in dataset)
+    assert all([m["role"] for m in row["completion"]] == ["assistant"] for row in dataset)
+
+
 def test_ultrachat_fixture():
     dataset, report = load_card(CARDS / "ultrachat_200k.md", data_files=str(FIXTURES / "ultrachat_200k.jsonl"))
     assert report.format == "conversational" and dataset.column_names == ["messages"]

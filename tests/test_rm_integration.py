@@ -1,6 +1,7 @@
 """label -> RM -> eval-rm on the smoke recipes, and an RM smoke run on real hh-rlhf rows."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -92,11 +93,16 @@ def test_eval_rm_command_merges_into_metrics(runs, capsys):
 
 
 @pytest.mark.skipif(not HH.exists(), reason="needs ../shared/data/hh-rlhf")
-def test_hh_rlhf_smoke_rm_run(runs):
+def test_hh_rlhf_smoke_rm_run_cuts_long_prompts_from_the_left(runs, caplog):
     out = runs / "rm_hh"
     recipe = ROOT / "recipes/hh-rlhf/rm/config_smoke.yaml"
-    args = stage_args("rm", recipe, data_files=HH, model_name_or_path=runs / "sft", output_dir=out)
-    assert main(args) == 0
+    args = stage_args(
+        "rm", recipe, data_files=HH, model_name_or_path=runs / "sft", output_dir=out, fit_prompts=True, max_length=128
+    )
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    fitted = re.search(r"\[train\[:200\]\]: (\d+) of (\d+) rows longer than max_length \(128 tokens\)", caplog.text)
+    assert fitted and int(fitted[1]) > 0 and int(fitted[2]) > 150  # multi-turn prompts lost their first turns
     found = metrics(out)
     assert found["eval_pairs"] > 250 and 0.0 <= found["eval_accuracy"] <= 1.0
     assert "bayes_accuracy" not in found  # real data: no gold judge

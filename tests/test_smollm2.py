@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from pipeline.cli import main
@@ -55,6 +55,18 @@ def test_import_writes_a_plain_folder_that_answers_and_is_skipped_when_current(s
     with caplog.at_level("INFO"):
         assert main(["import-gguf", "--output_dir", str(smollm2)]) == 0
     assert "skipped" in caplog.text
+
+
+LORA_RECIPES = [p for p in sorted(RECIPES.glob("*/config_*.yaml")) if "lora_target_modules" in p.read_text()]
+
+
+@pytest.mark.parametrize("recipe", LORA_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recipes_lora_targets_are_layers_of_this_architecture(recipe, smollm2):
+    targets = yaml.safe_load(recipe.read_text())["lora_target_modules"]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(smollm2))
+    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    assert set(targets) <= linear, f"{sorted(set(targets) - linear)} are not layers of {sorted(linear)}"
 
 
 def test_sft_without_generation_markers_learns_the_completion_and_its_eos(policy, tmp_path):

@@ -142,6 +142,14 @@ def hh_rlhf(row: dict) -> dict:
     return pair
 
 
+def hh_rlhf_chosen(row: dict) -> dict:
+    """HH-RLHF's chosen transcript as an SFT pair: the earlier turns, and the final assistant turn."""
+    chosen = _field(row, "chosen")
+    if not isinstance(chosen, str):
+        raise Drop("bad_transcript")
+    return messages_last_turn({"messages": _parse_hh(chosen)})
+
+
 def ranked(row: dict) -> list[dict | Drop]:
     """A prompt and K responses, best first -> all K(K-1)/2 (chosen, rejected) pairs.
 
@@ -176,5 +184,6 @@ CONVERTERS: dict[str, tuple[Callable[[dict], dict], str]] = {
     "preference": (preference, "preference"),
     "prompt": (prompt_only, "prompt_only"),
     "hh_rlhf": (hh_rlhf, "preference"),
+    "hh_rlhf_chosen": (hh_rlhf_chosen, "prompt_completion"),
     "ranked": (ranked, "preference"),
 }

@@ -14,8 +14,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from pipeline import outputs
 from pipeline.configs import ScriptArguments
 from pipeline.data import load_card
+from pipeline.data.fitting import fit_prompts
 from pipeline.distributed import rank_divergence
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, RecipeError
 from pipeline.evaluation import evaluate_policy
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,26 @@ def load_datasets(script_args: ScriptArguments) -> tuple[datasets.Dataset, datas
         return train, None
     evaluation, _ = load_card(card, script_args.dataset_test_split, files, script_args.max_eval_samples)
     return train, evaluation
+
+
+def fit_long_prompts(
+    script_args: ScriptArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int | None,
+    train: datasets.Dataset,
+    evaluation: datasets.Dataset | None,
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """The splits with over-long prompts cut from the left (data/fitting.py) when the recipe sets fit_prompts."""
+    if not script_args.fit_prompts:
+        return train, evaluation
+    if max_length is None or not isinstance(train[0].get("prompt"), list):
+        raise RecipeError("fit_prompts needs max_length and a card whose rows have a conversational prompt")
+    card = script_args.dataset_card
+
+    def fit(split: datasets.Dataset, name: str) -> datasets.Dataset:
+        return fit_prompts(split, tokenizer, max_length, f"{card} [{name}]")
+
+    return fit(train, script_args.dataset_train_split), evaluation and fit(evaluation, script_args.dataset_test_split)
 
 
 def train_evaluate_save(

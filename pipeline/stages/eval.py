@@ -34,6 +34,7 @@ class EvalConfig:
     reward_model: str | None = None
     reference: str | None = None
     prompts_card: str | None = None
+    data_files: str | None = None
     split: str = "test"
     num_prompts: int = 200
     max_new_tokens: int = 32
@@ -59,7 +60,7 @@ def parse_policies(specs: list[str]) -> dict[str, str]:
 def _prompts(config: EvalConfig) -> list[list[dict]]:
     if config.prompts_card is None:
         return [[{"role": "user", "content": p}] for p in test_prompts(config.num_prompts)]
-    rows, _ = load_card(config.prompts_card, config.split, max_rows=config.num_prompts)
+    rows, _ = load_card(config.prompts_card, config.split, config.data_files, max_rows=config.num_prompts)
     if "prompt" not in rows.column_names:
         raise PipelineError(f"{config.prompts_card}: split {config.split!r} has no prompt column")
     return list(rows["prompt"])

@@ -12,7 +12,7 @@ from trl import ModelConfig, RewardConfig, get_peft_config
 from pipeline.configs import ScriptArguments
 from pipeline.models import check_chat_template, load_reward_model, load_tokenizer, prepare_quantized
 from pipeline.reward import GroupedRewardTrainer
-from pipeline.stages.common import load_datasets, start_work, train_evaluate_save
+from pipeline.stages.common import fit_long_prompts, load_datasets, start_work, train_evaluate_save
 from pipeline.stages.eval_rm import comparison_rows, evaluate_reward_model
 
 
@@ -37,6 +37,9 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
     tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
     if isinstance(train_dataset[0]["chosen"], list) and not training_args.chat_template_path:
         check_chat_template(tokenizer, model_args.model_name_or_path, assistant_only_loss=False)
+    train_dataset, eval_dataset = fit_long_prompts(
+        script_args, tokenizer, training_args.max_length, train_dataset, eval_dataset
+    )
     set_seed(training_args.seed)
     model = prepare_quantized(
         load_reward_model(model_args, tokenizer.pad_token_id, training_args.trust_remote_code),

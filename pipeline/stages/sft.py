@@ -6,7 +6,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from pipeline.configs import ScriptArguments
 from pipeline.models import check_chat_template, load_causal_lm, load_tokenizer, prepare_quantized
-from pipeline.stages.common import load_datasets, start_work, train_evaluate_save
+from pipeline.stages.common import fit_long_prompts, load_datasets, start_work, train_evaluate_save
 
 
 def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SFTConfig, recipe: dict) -> dict:
@@ -21,6 +21,9 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SF
     tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
     if conversational and not training_args.chat_template_path:
         check_chat_template(tokenizer, model_args.model_name_or_path, training_args.assistant_only_loss)
+    train_dataset, eval_dataset = fit_long_prompts(
+        script_args, tokenizer, training_args.max_length, train_dataset, eval_dataset
+    )
 
     # Model: full weights, or a LoRA adapter (on 4-bit weights with load_in_4bit)
     model = prepare_quantized(

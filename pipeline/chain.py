@@ -66,11 +66,7 @@ def smollm2_steps(run_dir: Path) -> list[Step]:
     d = _folders(run_dir)
     recipes = Path("recipes/smollm2-135m")
     merged = run_dir / "sft_merged"
-    steps = [
-        Step("import", ("import-gguf", "--output_dir", str(d["base"])), d["base"], (), ("parameters", "parameters")),
-        Step("sft", _recipe(recipes, "sft"), d["sft"], (d["base"],), ("gold_mean", "gold")),
-        Step("merge", ("merge", str(d["sft"]), "--output_dir", str(merged)), merged, (d["sft"],)),
-    ]
+    steps = _import_sft_merge(d["base"], _recipe(recipes, "sft"), d["sft"], merged, ("gold_mean", "gold"))
     # 100 held-out prompts, greedy answers of up to 24 tokens: ~1 minute a policy on 2 cores
     eval_options = ("--num_prompts", "100", "--max_new_tokens", "24", "--batch_size", "50")
     return steps + _after_sft(
@@ -88,10 +84,9 @@ def smollm2_hh_steps(run_dir: Path) -> list[Step]:
     held_out = ("--prompts_card", "data_cards/hh_rlhf.md", "--data_files", HH_RLHF_FILE, "--split", "train[2000:]")
     evaluate = ("eval", "--policies", f"sft={merged}", f"ppo={d['ppo']}", "--reward_model", str(d["rm"]))
     evaluate += (*held_out, "--num_prompts", "16", "--max_new_tokens", "48", "--batch_size", "16")
+    sft = _recipe(recipes, "sft", "hh_rlhf")
     return [
-        Step("import", ("import-gguf", "--output_dir", str(base)), base, (), ("parameters", "parameters")),
-        Step("sft", _recipe(recipes, "sft", "hh_rlhf"), d["sft"], (base,), ("train_loss", "train loss")),
-        Step("merge", ("merge", str(d["sft"]), "--output_dir", str(merged)), merged, (d["sft"],)),
+        *_import_sft_merge(base, sft, d["sft"], merged, ("train_loss", "train loss")),
         Step("rm", _recipe(recipes, "rm", "hh_rlhf"), d["rm"], (merged,), ("eval_accuracy", "held-out accuracy")),
         Step("ppo", _recipe(recipes, "ppo", "hh_rlhf"), d["ppo"], (merged, d["rm"]), ("rm_score_mean", "RM score")),
         Step("eval", (*evaluate, "--output_dir", str(d["eval"])), d["eval"], (d["rm"], merged, d["ppo"])),
@@ -120,6 +115,17 @@ def steps_for(run_dir: Path) -> list[Step]:
     return demo_steps(run_dir)
 
 
+def _import_sft_merge(
+    base: Path, sft_argv: tuple[str, ...], sft: Path, merged: Path, sft_metric: tuple[str, str]
+) -> list[Step]:
+    """The shipped SmolLM2 imported into `base`, LoRA SFT on it into `sft`, the adapter merged into `merged`."""
+    return [
+        Step("import", ("import-gguf", "--output_dir", str(base)), base, (), ("parameters", "parameters")),
+        Step("sft", sft_argv, sft, (base,), sft_metric),
+        Step("merge", ("merge", str(sft), "--output_dir", str(merged)), merged, (sft,)),
+    ]
+
+
 def _folders(run_dir: Path) -> dict[str, Path]:
     """Each stage's folder, and those of the chains' other steps."""
     d = {name: run_dir / stage.folder for name, stage in STAGES.items()}
@@ -142,7 +148,7 @@ def _after_sft(
 ) -> list[Step]:
     """label -> RM -> PPO, PPO-ptx (RLOO, GRPO) -> eval of `evaluated` and of the optional steps already run."""
     online = ("rloo", "grpo") if trl_online_rl else ()
-    evaluated += [name for name in ("ppo-ptx", *online) if name not in evaluated and _done(d[name])]
+    evaluated = evaluated + [name for name in ("ppo-ptx", *online) if name not in evaluated and _done(d[name])]
     policies = [f"{d[name].name}={sft if name == 'sft' else d[name]}" for name in evaluated]  # named by their folders
     rl = (sft, d["rm"])
     return [

@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx rloo grpo demo demo-smollm2 eval report merge push gpu-check test lint clean-demo
+.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx rloo grpo demo demo-smollm2 eval report merge push gpu-check bench test lint clean-demo
 
 setup: $(STAMP)
 
@@ -107,6 +107,14 @@ push: setup
 # (scripts/gpu_check.py; throughput and peak GPU memory in outputs/gpu_check/gpu_check.json).
 gpu-check: setup
 	$(PYTHON) -m scripts.gpu_check $(if $(OUT),--output_dir $(OUT))
+
+# Ours beside a bare TRL script (SFT, RM) and TRL 1.12.0's PPOTrainer (installed into outputs/bench/trl112, not the
+# venv), alternating fresh processes; -> outputs/bench/bench.{json,md}. About 30 min after the demo chain up to
+# the RM; QUICK=1: one pair of each at smoke sizes, a few minutes (scripts/bench). Run it with nothing else running.
+bench: setup
+	$(PYTHON) -m pipeline demo --until rm
+	$(if $(QUICK),,$(PYTHON) -m pipeline import-gguf --output_dir outputs/smollm2/base)
+	$(PYTHON) -m scripts.bench $(if $(QUICK),--quick) $(ARGS)
 
 test: setup
 	$(PYTHON) -m pytest -q tests

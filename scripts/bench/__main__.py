@@ -61,7 +61,13 @@ class Runner:
         name = f"{self.count:02d}-{side}"
         folder = self.work / name
         folder.mkdir(parents=True)
-        spec = {**spec, "side": side, "threads": self.threads, "work": str(folder), "result": str(folder / "result.json")}
+        spec = {
+            **spec,
+            "side": side,
+            "threads": self.threads,
+            "work": str(folder),
+            "result": str(folder / "result.json"),
+        }
         (folder / "spec.json").write_text(json.dumps(spec, indent=1, default=str))
         paths = [str(self.trl112)] if side.endswith("trl112") else []
         env = {
@@ -92,9 +98,13 @@ class Runner:
         return result
 
 
-def pairs(run: Runner, count: int, a: tuple[str, dict], b: tuple[str, dict]) -> list[tuple[Result, Result]]:
-    """`count` runs of each side, alternating A B A B ..."""
-    return [(run(a[0], **a[1]), run(b[0], **b[1])) for _ in range(count)]
+def pairs(run: Runner, count: int, sides: Callable[[int], tuple[tuple[str, dict], tuple[str, dict]]]) -> list:
+    """`count` runs of each side, alternating A B A B ...; `sides(i)` gives the i-th pair's (side, spec)s."""
+    runs = []
+    for index in range(count):
+        (a, a_spec), (b, b_spec) = sides(index)
+        runs.append((run(a, **a_spec), run(b, **b_spec)))
+    return runs
 
 
 def ratios(runs: list[tuple[Result, Result]], key: str, invert: bool = False) -> list[float]:
@@ -108,63 +118,85 @@ def put(bench: dict, key: str, values: list[float]) -> None:
     bench[f"{key}_pairs"] = values
 
 
-def trainer_spec(size: Size, stage: str, steps: int, model: str, **overrides: Any) -> dict:
+def trainer_spec(recipe: Path, steps: int, model: str, **overrides: Any) -> dict:
     keys = {**TRAINER_QUIET, "model_name_or_path": model, "max_steps": steps, "logging_steps": steps, **overrides}
-    return {"recipe": str(size.recipes[stage]), "overrides": keys}
+    return {"recipe": str(recipe), "overrides": keys}
 
 
-def ppo_specs(size: Size, args: argparse.Namespace, lora: bool) -> tuple[dict, dict]:
-    """(ours, TRL 1.12) specs of one PPO comparison: the same models, prompts and settings."""
-    ppo = {**size.ppo, "learning_rate": LORA_LEARNING_RATE} if lora else size.ppo
+def ppo_specs(recipe: Path, ppo: dict, sft: str, rm: str, lora: bool, gold_prompts: int, max_new_tokens: int) -> tuple:
+    """(ours, TRL 1.12) specs of one PPO run each: the same models, prompts and settings."""
     common = {
-        "sft": args.sft,
-        "rm": args.rm,
+        "sft": sft,
+        "rm": rm,
         "episodes": ppo["total_episodes"],
-        "gold_prompts": size.gold_prompts,
-        "max_new_tokens": size.max_new_tokens,
+        "gold_prompts": gold_prompts,
+        "max_new_tokens": max_new_tokens,
     }
     ours = {
         **settings.batch_keys(ppo, trl112=False),
         **(LORA_KEYS if lora else {"use_peft": False}),
-        "sft_model_path": args.sft,
-        "reward_model_path": args.rm,
+        "sft_model_path": sft,
+        "reward_model_path": rm,
         "normalize_reward": False,
         "value_learning_rate": None,
         "ptx_dataset_card": None,
         "save_strategy": "no",
         "sandbox_eval_prompts": 0,
-        "max_eval_samples": 8,
+        "max_eval_samples": 4,
         "report_to": "none",
     }
-    theirs = {"ppo": settings.batch_keys(ppo, trl112=True), "lora": LORA if lora else None, "prompts_card": "data_cards/sandbox_prompts.md"}
-    return {**common, "recipe": str(size.recipes["ppo"]), "overrides": ours}, {
-        **common,
-        **theirs,
+    theirs = {
+        "ppo": settings.batch_keys(ppo, trl112=True),
+        "lora": LORA if lora else None,
+        "prompts_card": "data_cards/sandbox_prompts.md",
         "prompts_split": "ppo",
     }
+    return ("ppo-ours", {**common, "recipe": str(recipe), "overrides": ours}), ("ppo-trl112", {**common, **theirs})
+
+
+def compare_ppo(run: Runner, bench: dict, runs: dict, name: str, count: int, specs: Callable[[int], tuple]) -> None:
+    """One PPO comparison, pair i with `specs(i)` (seed i): speed and memory ratios, gold gains."""
+    runs[name] = pairs(run, count, specs)
+    put(bench, f"{name}_speedup_vs_trl112", ratios(runs[name], "episodes_per_second"))
+    put(bench, f"{name}_rss_ratio_vs_trl112", ratios(runs[name], "peak_rss_mb"))
+    if "gold" in runs[name][0][0]:
+        put(bench, f"{name}_gold_gain", [a["gold"] - bench["sft_gold"] for a, _ in runs[name]])
+        put(bench, f"{name}_gold_gain_trl112", [b["gold"] - bench["sft_gold"] for _, b in runs[name]])
 
 
 def compare(run: Runner, size: Size, args: argparse.Namespace, bench: dict) -> dict[str, list]:
     """The comparisons, in pairs; fills `bench` with the ratio keys and returns every run's figures."""
-    sft = trainer_spec(size, "sft", size.sft_steps, args.base)
-    rm = trainer_spec(size, "rm", size.rm_steps, args.sft)
     runs: dict[str, list] = {}
-    runs["sft"] = pairs(run, size.pairs, ("sft-ours", sft), ("sft-trl", sft))
+    sft = trainer_spec(size.recipes["sft"], size.sft_steps, args.base)
+    runs["sft"] = pairs(run, size.pairs, lambda _: (("sft-ours", sft), ("sft-trl", sft)))
     put(bench, "sft_time_ratio_vs_trl", ratios(runs["sft"], "seconds_per_step"))
     put(bench, "sft_tokens_per_second_ratio_vs_trl", ratios(runs["sft"], "tokens_per_second"))
-    runs["rm"] = pairs(run, size.pairs, ("rm-ours", rm), ("rm-trl", rm))
-    put(bench, "rm_time_ratio_vs_trl", ratios(runs["rm"], "seconds_per_step"))
-    put(bench, "rm_tokens_per_second_ratio_vs_trl", ratios(runs["rm"], "tokens_per_second"))
+    rm = trainer_spec(size.recipes["rm"], size.rm_steps, args.sft)
+    for name, ours in (("rm", rm), ("rm_plain", {**rm, "plain": True})):
+        runs[name] = pairs(run, size.pairs, lambda _, ours=ours: (("rm-ours", ours), ("rm-trl", rm)))
+        put(bench, f"{name}_time_ratio_vs_trl", ratios(runs[name], "seconds_per_step"))
+        put(bench, f"{name}_tokens_per_second_ratio_vs_trl", ratios(runs[name], "tokens_per_second"))
 
     gold_spec = {"sft": args.sft, "gold_prompts": size.gold_prompts, "max_new_tokens": size.max_new_tokens}
     bench["sft_gold"] = run("gold-sft", **gold_spec)["gold"]
-    for mode, lora in (("ppo", False), ("ppo_lora", True)):
-        ours, theirs = ppo_specs(size, args, lora)
-        runs[mode] = pairs(run, size.pairs, ("ppo-ours", ours), ("ppo-trl112", theirs))
-        put(bench, f"{mode}_speedup_vs_trl112", ratios(runs[mode], "episodes_per_second"))
-        put(bench, f"{mode}_rss_ratio_vs_trl112", ratios(runs[mode], "peak_rss_mb"))
-        put(bench, f"{mode}_gold_gain", [a["gold"] - bench["sft_gold"] for a, _ in runs[mode]])
-        put(bench, f"{mode}_gold_gain_trl112", [b["gold"] - bench["sft_gold"] for _, b in runs[mode]])
+    for name, lora in (("ppo", False), ("ppo_lora", True)):
+        ppo = {**size.ppo, "learning_rate": LORA_LEARNING_RATE} if lora else size.ppo
+
+        def specs(seed: int, ppo: dict = ppo, lora: bool = lora) -> tuple:
+            recipe, models = size.recipes["ppo"], (args.sft, args.rm)
+            return ppo_specs(recipe, {**ppo, "seed": seed}, *models, lora, size.gold_prompts, size.max_new_tokens)
+
+        compare_ppo(run, bench, runs, name, size.pairs, specs)
+    if size.smollm2 and has_smollm2(args):
+        # A real vocabulary; the base model is policy and, with a new score head, reward model: speed and memory only
+        for name, lora in (("ppo_smollm2", False), ("ppo_smollm2_lora", True)):
+            ppo = {**settings.PPO_SMOLLM2, "learning_rate": LORA_LEARNING_RATE} if lora else settings.PPO_SMOLLM2
+
+            def specs(seed: int, ppo: dict = ppo, lora: bool = lora) -> tuple:
+                recipe, base = settings.SMOLLM2 / "ppo" / "config_smoke.yaml", args.smollm2
+                return ppo_specs(recipe, {**ppo, "seed": seed}, base, base, lora, 0, 0)
+
+            compare_ppo(run, bench, runs, name, size.pairs, specs)
 
     rollout = {
         "sft": args.sft,
@@ -174,62 +206,59 @@ def compare(run: Runner, size: Size, args: argparse.Namespace, bench: dict) -> d
         "rollout_repeats": size.rollout_repeats,
         "max_new_tokens": size.ppo["response_length"],
     }
-    runs["rollout"] = pairs(run, size.pairs, ("rollout-ours", rollout), ("rollout-generate", rollout))
+    runs["rollout"] = pairs(run, size.pairs, lambda _: (("rollout-ours", rollout), ("rollout-generate", rollout)))
     put(bench, "rollout_ratio_vs_generate", ratios(runs["rollout"], "tokens_per_second"))
     return runs
 
 
+def has_smollm2(args: argparse.Namespace) -> bool:
+    if Path(args.smollm2, "config.json").is_file():
+        return True
+    print(f"no SmolLM2 import at {args.smollm2} (make import-smollm2): its rows are left out", file=sys.stderr)
+    return False
+
+
 def memory(run: Runner, size: Size, args: argparse.Namespace, runs: dict[str, list]) -> list[dict]:
     """Peak RSS of our SFT, RM and PPO stages, full vs LoRA vs QLoRA, on the sandbox model and on SmolLM2."""
-    median: Callable[[str], float] = lambda mode: statistics.median(a["peak_rss_mb"] for a, _ in runs[mode])  # noqa: E731
-    rows = [
-        {"model": "sandbox", "stage": "sft", "mode": "full", "peak_rss_mb": median("sft")},
-        {"model": "sandbox", "stage": "rm", "mode": "full", "peak_rss_mb": median("rm")},
-        {"model": "sandbox", "stage": "ppo", "mode": "full", "peak_rss_mb": median("ppo")},
-        {"model": "sandbox", "stage": "ppo", "mode": "lora", "peak_rss_mb": median("ppo_lora")},
-    ]
+    rows = []
+
+    def row(model: str, stage: str, mode: str, peak: float) -> None:
+        rows.append({"model": model, "stage": stage, "mode": mode, "peak_rss_mb": peak})
+
+    def median(name: str) -> float:
+        return statistics.median(a["peak_rss_mb"] for a, _ in runs[name])
+
+    for stage, mode, name in (
+        ("sft", "full", "sft"),
+        ("rm", "full", "rm"),
+        ("ppo", "full", "ppo"),
+        ("ppo", "lora", "ppo_lora"),
+    ):
+        row("sandbox", stage, mode, median(name))
+    if "ppo_smollm2" in runs:
+        row("SmolLM2-135M", "ppo", "full", median("ppo_smollm2"))
+        row("SmolLM2-135M", "ppo", "lora", median("ppo_smollm2_lora"))
     if not size.memory:
         return rows
     qlora = {**LORA_KEYS, "load_in_4bit": True}
     for mode, keys in (("lora", LORA_KEYS), ("qlora", qlora)):
         for stage, model in (("sft", args.base), ("rm", args.sft)):
-            spec = trainer_spec(size, stage, 5, model, **keys)
-            rows.append({"model": "sandbox", "stage": stage, "mode": mode, "peak_rss_mb": run(f"{stage}-ours", **spec)["peak_rss_mb"]})
-    ours, _ = ppo_specs(size, args, lora=True)
+            spec = trainer_spec(size.recipes[stage], 5, model, **keys)
+            row("sandbox", stage, mode, run(f"{stage}-ours", **spec)["peak_rss_mb"])
+    (_, ours), _ = ppo_specs(size.recipes["ppo"], size.ppo, args.sft, args.rm, True, 0, 0)
     ours["overrides"] = {**ours["overrides"], "load_in_4bit": True}
-    rows.append({"model": "sandbox", "stage": "ppo", "mode": "qlora", "peak_rss_mb": run("ppo-ours", **ours)["peak_rss_mb"]})
-
-    base = args.smollm2
-    if not Path(base, "config.json").is_file():
-        print(f"no SmolLM2 import at {base} (make import-smollm2): its memory rows are left out", file=sys.stderr)
+    row("sandbox", "ppo", "qlora", run("ppo-ours", **ours)["peak_rss_mb"])
+    if not has_smollm2(args):
         return rows
-    smollm2 = settings.SMOLLM2
-    ppo_small = {"total_episodes": 8, "per_device_train_batch_size": 4, "num_mini_batches": 1, "num_ppo_epochs": 1}  # ours
+    base = args.smollm2
     for mode, keys in (("full", {"use_peft": False}), ("lora", LORA_KEYS), ("qlora", qlora)):
         for stage in ("sft", "rm"):
-            overrides = {**TRAINER_QUIET, "model_name_or_path": base, "max_steps": 2, "logging_steps": 2, **keys}
-            spec = {"recipe": str(smollm2 / stage / "config_smoke.yaml"), "overrides": overrides}
-            rows.append({"model": "SmolLM2-135M", "stage": stage, "mode": mode, "peak_rss_mb": run(f"{stage}-ours", **spec)["peak_rss_mb"]})
-        overrides = {
-            **ppo_small,
-            **keys,
-            "sft_model_path": base,
-            "reward_model_path": base,
-            "save_strategy": "no",
-            "ptx_dataset_card": None,
-            "normalize_reward": False,
-            "sandbox_eval_prompts": 0,
-            "max_eval_samples": 4,
-        }
-        spec = {
-            "recipe": str(smollm2 / "ppo" / "config_smoke.yaml"),
-            "overrides": overrides,
-            "sft": base,
-            "episodes": 8,
-            "gold_prompts": 4,
-            "max_new_tokens": 8,
-        }
-        rows.append({"model": "SmolLM2-135M", "stage": "ppo", "mode": mode, "peak_rss_mb": run("ppo-ours", **spec)["peak_rss_mb"]})
+            spec = trainer_spec(settings.SMOLLM2 / stage / "config_smoke.yaml", 2, base, **keys)
+            row("SmolLM2-135M", stage, mode, run(f"{stage}-ours", **spec)["peak_rss_mb"])
+    recipe = settings.SMOLLM2 / "ppo" / "config_smoke.yaml"
+    (_, ours), _ = ppo_specs(recipe, settings.PPO_SMOLLM2, base, base, True, 0, 0)
+    ours["overrides"] = {**ours["overrides"], "load_in_4bit": True}
+    row("SmolLM2-135M", "ppo", "qlora", run("ppo-ours", **ours)["peak_rss_mb"])
     return rows
 
 
@@ -239,7 +268,11 @@ def machine(threads: int) -> dict:
     import trl
 
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
     )
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
@@ -273,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     size = QUICK if args.quick else FULL
     for name in ("base", "sft", "rm"):
         if not Path(getattr(args, name), "config.json").is_file():
-            print(f"error: --{name} {getattr(args, name)} is no model folder (make rm builds the demo's)", file=sys.stderr)
+            print(
+                f"error: --{name} {getattr(args, name)} is no model folder (make rm builds the demo's)", file=sys.stderr
+            )
             return 2
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,17 @@ def batch_keys(ppo: dict[str, Any], trl112: bool) -> dict[str, Any]:
     return {**keys, "per_device_train_batch_size": per_device, "gradient_accumulation_steps": 1}
 
 
+# SmolLM2-135M (49k vocabulary): the same settings at a size these cores run in a minute
+PPO_SMOLLM2 = {
+    **PPO_FULL,
+    "total_episodes": 8,
+    "batch_size": 8,
+    "num_mini_batches": 2,
+    "num_ppo_epochs": 2,
+    "local_rollout_forward_batch_size": 8,
+    "response_length": 16,
+    "learning_rate": 1.0e-5,
+}
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
 LORA_LEARNING_RATE = 2.0e-4
 # Our recipe keys for the same adapter
@@ -83,18 +94,19 @@ class Size:
     rollout_batch: int
     rollout_repeats: int
     recipes: dict[str, Path] = field(default_factory=dict)
-    memory: bool = True  # LoRA and QLoRA runs, and SmolLM2's when it is imported
+    smollm2: bool = True  # SmolLM2 PPO comparisons and memory rows, when it is imported
+    memory: bool = True  # LoRA and QLoRA runs
 
 
 FULL = Size(
     pairs=3,
-    sft_steps=40,
-    rm_steps=30,
+    sft_steps=150,
+    rm_steps=20,
     ppo=PPO_FULL,
     gold_prompts=200,
     max_new_tokens=32,
     rollout_batch=64,
-    rollout_repeats=5,
+    rollout_repeats=20,
     recipes={stage: SANDBOX / stage / "config_demo.yaml" for stage in ("sft", "rm", "ppo")},
 )
 QUICK = Size(
@@ -107,5 +119,6 @@ QUICK = Size(
     rollout_batch=8,
     rollout_repeats=2,
     recipes={stage: SANDBOX / stage / "config_smoke.yaml" for stage in ("sft", "rm", "ppo")},
+    smollm2=False,
     memory=False,
 )

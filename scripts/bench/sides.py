@@ -66,7 +66,9 @@ def trainer_figures(runtime: float, steps: int, tokens: int | None) -> dict:
 
 
 def tokens_seen(log_history: list[dict]) -> int | None:
-    return max((entry["num_input_tokens_seen"] for entry in log_history if "num_input_tokens_seen" in entry), default=None)
+    return max(
+        (entry["num_input_tokens_seen"] for entry in log_history if "num_input_tokens_seen" in entry), default=None
+    )
 
 
 def run_our_stage(stage: str, spec: Spec) -> dict:
@@ -88,6 +90,17 @@ def sft_ours(spec: Spec) -> dict:
 
 @side("rm-ours")
 def rm_ours(spec: Spec) -> dict:
+    """Our RM stage; with `plain`, on the same pairs without their `group`, batched as RewardTrainer does."""
+    if spec.get("plain"):
+        import pipeline.stages.rm as rm
+
+        load = rm.load_datasets
+
+        def ungrouped(script_args: Any) -> tuple:
+            train, evaluation = load(script_args)
+            return train.remove_columns("group"), evaluation
+
+        rm.load_datasets = ungrouped
     return run_our_stage("rm", spec)
 
 
@@ -189,7 +202,11 @@ def gold(policy: torch.nn.Module, tokenizer: Any, spec: Spec) -> float:
 def gold_sft(spec: Spec) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return {"gold": gold(AutoModelForCausalLM.from_pretrained(spec["sft"]), AutoTokenizer.from_pretrained(spec["sft"]), spec)}
+    return {
+        "gold": gold(
+            AutoModelForCausalLM.from_pretrained(spec["sft"]), AutoTokenizer.from_pretrained(spec["sft"]), spec
+        )
+    }
 
 
 @side("ppo-ours")
@@ -207,7 +224,8 @@ def ppo_ours(spec: Spec) -> dict:
     def measured(trainer: ours.PPOTrainer) -> None:
         with measured_training(spec, phases, trainer.num_updates, figures):
             train(trainer)
-        figures["gold"] = gold(trainer.policy, trainer.tokenizer, spec)
+        if spec["gold_prompts"]:
+            figures["gold"] = gold(trainer.policy, trainer.tokenizer, spec)
 
     ours.PPOTrainer.train = measured
     if main(stage_argv("ppo", spec, Path(spec["work"]) / "ours")) != 0:
@@ -241,7 +259,9 @@ def ppo_trl112(spec: Spec) -> dict:
     dataset = Dataset.from_dict({"input_ids": ids})
 
     def scorer(path: str) -> torch.nn.Module:
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, pad_token_id=tokenizer.pad_token_id
+        )
 
     lora = spec["lora"]
     args = theirs.PPOConfig(
@@ -270,7 +290,8 @@ def ppo_trl112(spec: Spec) -> dict:
     )
     with measured_training(spec, phases, args.num_total_batches, figures):
         trainer.train()
-    figures["gold"] = gold(trainer.accelerator.unwrap_model(trainer.model).policy, tokenizer, spec)
+    if spec["gold_prompts"]:
+        figures["gold"] = gold(trainer.accelerator.unwrap_model(trainer.model).policy, tokenizer, spec)
     return figures
 
 

@@ -5,17 +5,58 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-# (row, bench key, comparison, figure, better when, target or None)
+OURS_TRL, OURS_TRL112 = "ours / TRL", "ours / TRL 1.12"
+FASTER, SMALLER, GLUE = (">=", 1.5), ("<=", 0.8), ("<=", 1.03)
+# (row, bench key, comparison, figure, ratio, target or None); rows of comparisons not run are left out
 ROWS = (
-    ("SFT seconds per step", "sft_time_ratio_vs_trl", "sft", "seconds_per_step", "ours / TRL", ("<=", 1.03)),
-    ("SFT tokens/s", "sft_tokens_per_second_ratio_vs_trl", "sft", "tokens_per_second", "ours / TRL", None),
-    ("RM seconds per step", "rm_time_ratio_vs_trl", "rm", "seconds_per_step", "ours / TRL", ("<=", 1.03)),
-    ("RM tokens/s", "rm_tokens_per_second_ratio_vs_trl", "rm", "tokens_per_second", "ours / TRL", None),
-    ("PPO episodes/s", "ppo_speedup_vs_trl112", "ppo", "episodes_per_second", "ours / TRL 1.12", (">=", 1.5)),
-    ("PPO peak RSS (MB)", "ppo_rss_ratio_vs_trl112", "ppo", "peak_rss_mb", "ours / TRL 1.12", ("<=", 0.8)),
-    ("PPO LoRA episodes/s", "ppo_lora_speedup_vs_trl112", "ppo_lora", "episodes_per_second", "ours / TRL 1.12", (">=", 1.5)),
-    ("PPO LoRA peak RSS (MB)", "ppo_lora_rss_ratio_vs_trl112", "ppo_lora", "peak_rss_mb", "ours / TRL 1.12", ("<=", 0.8)),
+    ("SFT seconds per step", "sft_time_ratio_vs_trl", "sft", "seconds_per_step", OURS_TRL, GLUE),
+    ("SFT tokens/s", "sft_tokens_per_second_ratio_vs_trl", "sft", "tokens_per_second", OURS_TRL, None),
+    ("RM seconds per step", "rm_time_ratio_vs_trl", "rm", "seconds_per_step", OURS_TRL, GLUE),
+    ("RM tokens/s", "rm_tokens_per_second_ratio_vs_trl", "rm", "tokens_per_second", OURS_TRL, None),
+    ("RM, plain pairs, seconds per step", "rm_plain_time_ratio_vs_trl", "rm_plain", "seconds_per_step", OURS_TRL, GLUE),
+    ("PPO episodes/s", "ppo_speedup_vs_trl112", "ppo", "episodes_per_second", OURS_TRL112, FASTER),
+    ("PPO peak RSS (MB)", "ppo_rss_ratio_vs_trl112", "ppo", "peak_rss_mb", OURS_TRL112, SMALLER),
+    ("PPO LoRA episodes/s", "ppo_lora_speedup_vs_trl112", "ppo_lora", "episodes_per_second", OURS_TRL112, FASTER),
+    ("PPO LoRA peak RSS (MB)", "ppo_lora_rss_ratio_vs_trl112", "ppo_lora", "peak_rss_mb", OURS_TRL112, SMALLER),
+    (
+        "SmolLM2 PPO episodes/s",
+        "ppo_smollm2_speedup_vs_trl112",
+        "ppo_smollm2",
+        "episodes_per_second",
+        OURS_TRL112,
+        FASTER,
+    ),
+    (
+        "SmolLM2 PPO peak RSS (MB)",
+        "ppo_smollm2_rss_ratio_vs_trl112",
+        "ppo_smollm2",
+        "peak_rss_mb",
+        OURS_TRL112,
+        SMALLER,
+    ),
+    (
+        "SmolLM2 PPO LoRA episodes/s",
+        "ppo_smollm2_lora_speedup_vs_trl112",
+        "ppo_smollm2_lora",
+        "episodes_per_second",
+        OURS_TRL112,
+        FASTER,
+    ),
+    (
+        "SmolLM2 PPO LoRA peak RSS (MB)",
+        "ppo_smollm2_lora_rss_ratio_vs_trl112",
+        "ppo_smollm2_lora",
+        "peak_rss_mb",
+        OURS_TRL112,
+        SMALLER,
+    ),
     ("Rollout tokens/s", "rollout_ratio_vs_generate", "rollout", "tokens_per_second", "ours / generate", None),
+)
+PPO_MODES = (
+    ("ppo", "sandbox", "full"),
+    ("ppo_lora", "sandbox", "LoRA"),
+    ("ppo_smollm2", "SmolLM2", "full"),
+    ("ppo_smollm2_lora", "SmolLM2", "LoRA"),
 )
 PHASES = ("rollout", "scoring", "learning")
 
@@ -50,6 +91,8 @@ def markdown(bench: dict[str, Any]) -> str:
     ]
     runs = bench["runs"]
     for row, key, comparison, figure, ratio, target in ROWS:
+        if comparison not in runs:
+            continue
         ours, reference = _median(runs[comparison], 0, figure), _median(runs[comparison], 1, figure)
         pairs = ", ".join(_number(v) for v in bench[f"{key}_pairs"])
         lines.append(
@@ -58,26 +101,34 @@ def markdown(bench: dict[str, Any]) -> str:
         )
     for mode, name in (("ppo", "PPO"), ("ppo_lora", "PPO LoRA")):
         ours, theirs = bench[f"{mode}_gold_gain"], bench[f"{mode}_gold_gain_trl112"]
-        verdict = "met" if ours >= theirs else "missed"
+        pairs = zip(bench[f"{mode}_gold_gain_pairs"], bench[f"{mode}_gold_gain_trl112_pairs"], strict=True)
+        gain = f"{name} gold gain over SFT ({bench['sft_gold']:.3f}); per seed: ours/TRL"
         lines.append(
-            f"| {name} gold gain over SFT ({bench['sft_gold']:.3f}) | {ours:+.3f} | {theirs:+.3f} | | "
-            f"{', '.join(f'{a:+.3f}/{b:+.3f}' for a, b in zip(bench[f'{mode}_gold_gain_pairs'], bench[f'{mode}_gold_gain_trl112_pairs'], strict=True))} | "
-            f"no worse: {verdict} |"
+            f"| {gain} | {ours:+.3f} | {theirs:+.3f} | | "
+            f"{', '.join(f'{a:+.3f}/{b:+.3f}' for a, b in pairs)} | no worse: {'met' if ours >= theirs else 'missed'} |"
         )
     lines += [
         "",
         "PPO seconds per update (medians): rollout = sampling; scoring = the no-grad reference, value and "
         "reward passes; learning = the PPO epochs and everything else in the loop.",
         "",
-        "| trainer | weights | rollout | scoring | learning | total |",
-        "|---|---|---|---|---|---|",
+        "| model | weights | trainer | rollout | scoring | learning | total |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for mode, weights in (("ppo", "full"), ("ppo_lora", "LoRA")):
+    for mode, model, weights in PPO_MODES:
         for index, trainer in ((0, "ours"), (1, "TRL 1.12")):
+            if mode not in runs:
+                continue
             split = [_median(runs[mode], index, f"{phase}_seconds_per_update") for phase in PHASES]
-            total = _median(runs[mode], index, "seconds_per_update")
-            lines.append(f"| {trainer} | {weights} | {' | '.join(_number(s) for s in split)} | {_number(total)} |")
-    lines += ["", "Peak RSS of our stages (MB):", "", "| model | stage | full | LoRA | QLoRA |", "|---|---|---|---|---|"]
+            total = _number(_median(runs[mode], index, "seconds_per_update"))
+            lines.append(f"| {model} | {weights} | {trainer} | {' | '.join(_number(s) for s in split)} | {total} |")
+    lines += [
+        "",
+        "Peak RSS of our stages (MB):",
+        "",
+        "| model | stage | full | LoRA | QLoRA |",
+        "|---|---|---|---|---|",
+    ]
     cells: dict[tuple[str, str], dict[str, float]] = {}
     for row in bench["memory_mb"]:
         cells.setdefault((row["model"], row["stage"]), {})[row["mode"]] = row["peak_rss_mb"]

@@ -100,13 +100,13 @@ class Size:
 
 FULL = Size(
     pairs=3,
-    sft_steps=150,
+    sft_steps=100,
     rm_steps=20,
     ppo=PPO_FULL,
     gold_prompts=200,
     max_new_tokens=32,
     rollout_batch=64,
-    rollout_repeats=20,
+    rollout_repeats=10,
     recipes={stage: SANDBOX / stage / "config_demo.yaml" for stage in ("sft", "rm", "ppo")},
 )
 QUICK = Size(

@@ -296,7 +296,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base", default="outputs/demo/base", help="the base model SFT starts from")
     parser.add_argument("--sft", default="outputs/demo/sft", help="the SFT policy (RM and PPO start from it)")
     parser.add_argument("--rm", default="outputs/demo/rm", help="the reward model")
-    parser.add_argument("--smollm2", default="outputs/smollm2/base", help="SmolLM2-135M-Instruct for the memory rows")
+    parser.add_argument("--smollm2", default="outputs/smollm2/base", help="SmolLM2-135M-Instruct, for its rows")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of every run")
     return parser.parse_args(argv)
 

@@ -41,9 +41,9 @@ def test_ratios_are_taken_within_each_pair():
 
 
 def test_a_missing_model_is_named_and_nothing_is_written(tmp_path, capsys):
-    assert main(["--quick", "--rm", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "bench")]) == 2
+    assert main(["--quick", "--base", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "bench")]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and f"--rm {tmp_path / 'nowhere'}" in error
+    assert error.count("\n") == 1 and f"--base {tmp_path / 'nowhere'} is no model folder" in error
     assert not (tmp_path / "bench").exists()
 
 

@@ -154,14 +154,26 @@ def ppo_specs(recipe: Path, ppo: dict, sft: str, rm: str, lora: bool, gold_promp
     return ("ppo-ours", {**common, "recipe": str(recipe), "overrides": ours}), ("ppo-trl112", {**common, **theirs})
 
 
-def compare_ppo(run: Runner, bench: dict, runs: dict, name: str, count: int, specs: Callable[[int], tuple]) -> None:
-    """One PPO comparison, pair i with `specs(i)` (seed i): speed and memory ratios, gold gains."""
-    runs[name] = pairs(run, count, specs)
-    put(bench, f"{name}_speedup_vs_trl112", ratios(runs[name], "episodes_per_second"))
-    put(bench, f"{name}_rss_ratio_vs_trl112", ratios(runs[name], "peak_rss_mb"))
-    if "gold" in runs[name][0][0]:
-        put(bench, f"{name}_gold_gain", [a["gold"] - bench["sft_gold"] for a, _ in runs[name]])
-        put(bench, f"{name}_gold_gain_trl112", [b["gold"] - bench["sft_gold"] for _, b in runs[name]])
+def compare_ppo(
+    run: Runner, bench: dict, runs: dict, prefix: str, count: int, ppo: dict, recipe: Path, models: tuple
+) -> None:
+    """Full and LoRA PPO comparisons, pair i with seed i: speed and memory ratios, and gold gains when measured.
+
+    `models` are (SFT policy, reward model, gold prompts, gold max_new_tokens) as `ppo_specs` takes them.
+    """
+    for name, lora in ((prefix, False), (f"{prefix}_lora", True)):
+        keys = {**ppo, "learning_rate": LORA_LEARNING_RATE} if lora else ppo
+
+        def specs(seed: int, keys: dict = keys, lora: bool = lora) -> tuple:
+            sft, rm, gold_prompts, max_new_tokens = models
+            return ppo_specs(recipe, {**keys, "seed": seed}, sft, rm, lora, gold_prompts, max_new_tokens)
+
+        runs[name] = pairs(run, count, specs)
+        put(bench, f"{name}_speedup_vs_trl112", ratios(runs[name], "episodes_per_second"))
+        put(bench, f"{name}_rss_ratio_vs_trl112", ratios(runs[name], "peak_rss_mb"))
+        if "gold" in runs[name][0][0]:
+            put(bench, f"{name}_gold_gain", [a["gold"] - bench["sft_gold"] for a, _ in runs[name]])
+            put(bench, f"{name}_gold_gain_trl112", [b["gold"] - bench["sft_gold"] for _, b in runs[name]])
 
 
 def compare(run: Runner, size: Size, args: argparse.Namespace, bench: dict) -> dict[str, list]:
@@ -179,24 +191,12 @@ def compare(run: Runner, size: Size, args: argparse.Namespace, bench: dict) -> d
 
     gold_spec = {"sft": args.sft, "gold_prompts": size.gold_prompts, "max_new_tokens": size.max_new_tokens}
     bench["sft_gold"] = run("gold-sft", **gold_spec)["gold"]
-    for name, lora in (("ppo", False), ("ppo_lora", True)):
-        ppo = {**size.ppo, "learning_rate": LORA_LEARNING_RATE} if lora else size.ppo
-
-        def specs(seed: int, ppo: dict = ppo, lora: bool = lora) -> tuple:
-            recipe, models = size.recipes["ppo"], (args.sft, args.rm)
-            return ppo_specs(recipe, {**ppo, "seed": seed}, *models, lora, size.gold_prompts, size.max_new_tokens)
-
-        compare_ppo(run, bench, runs, name, size.pairs, specs)
+    models = (args.sft, args.rm, size.gold_prompts, size.max_new_tokens)
+    compare_ppo(run, bench, runs, "ppo", size.pairs, size.ppo, size.recipes["ppo"], models)
     if size.smollm2 and has_smollm2(args):
         # A real vocabulary; the base model is policy and, with a new score head, reward model: speed and memory only
-        for name, lora in (("ppo_smollm2", False), ("ppo_smollm2_lora", True)):
-            ppo = {**settings.PPO_SMOLLM2, "learning_rate": LORA_LEARNING_RATE} if lora else settings.PPO_SMOLLM2
-
-            def specs(seed: int, ppo: dict = ppo, lora: bool = lora) -> tuple:
-                recipe, base = settings.SMOLLM2 / "ppo" / "config_smoke.yaml", args.smollm2
-                return ppo_specs(recipe, {**ppo, "seed": seed}, base, base, lora, 0, 0)
-
-            compare_ppo(run, bench, runs, name, size.pairs, specs)
+        recipe, models = settings.SMOLLM2_PPO_RECIPE, (args.smollm2, args.smollm2, 0, 0)
+        compare_ppo(run, bench, runs, "ppo_smollm2", size.pairs, settings.PPO_SMOLLM2, recipe, models)
 
     rollout = {
         "sft": args.sft,
@@ -241,24 +241,29 @@ def memory(run: Runner, size: Size, args: argparse.Namespace, runs: dict[str, li
     if not size.memory:
         return rows
     qlora = {**LORA_KEYS, "load_in_4bit": True}
+
+    def qlora_ppo(recipe: Path, ppo: dict, sft: str, rm: str) -> float:
+        (_, ours), _ = ppo_specs(recipe, ppo, sft, rm, True, 0, 0)
+        return run("ppo-ours", **{**ours, "overrides": {**ours["overrides"], "load_in_4bit": True}})["peak_rss_mb"]
+
     for mode, keys in (("lora", LORA_KEYS), ("qlora", qlora)):
         for stage, model in (("sft", args.base), ("rm", args.sft)):
             spec = trainer_spec(size.recipes[stage], 5, model, **keys)
             row("sandbox", stage, mode, run(f"{stage}-ours", **spec)["peak_rss_mb"])
-    (_, ours), _ = ppo_specs(size.recipes["ppo"], size.ppo, args.sft, args.rm, True, 0, 0)
-    ours["overrides"] = {**ours["overrides"], "load_in_4bit": True}
-    row("sandbox", "ppo", "qlora", run("ppo-ours", **ours)["peak_rss_mb"])
-    if not has_smollm2(args):
+    row("sandbox", "ppo", "qlora", qlora_ppo(size.recipes["ppo"], size.ppo, args.sft, args.rm))
+    if "ppo_smollm2" not in runs:  # not imported
         return rows
     base = args.smollm2
     for mode, keys in (("full", {"use_peft": False}), ("lora", LORA_KEYS), ("qlora", qlora)):
         for stage in ("sft", "rm"):
             spec = trainer_spec(settings.SMOLLM2 / stage / "config_smoke.yaml", 2, base, **keys)
             row("SmolLM2-135M", stage, mode, run(f"{stage}-ours", **spec)["peak_rss_mb"])
-    recipe = settings.SMOLLM2 / "ppo" / "config_smoke.yaml"
-    (_, ours), _ = ppo_specs(recipe, settings.PPO_SMOLLM2, base, base, True, 0, 0)
-    ours["overrides"] = {**ours["overrides"], "load_in_4bit": True}
-    row("SmolLM2-135M", "ppo", "qlora", run("ppo-ours", **ours)["peak_rss_mb"])
+    row(
+        "SmolLM2-135M",
+        "ppo",
+        "qlora",
+        qlora_ppo(settings.SMOLLM2_PPO_RECIPE, settings.PPO_SMOLLM2, base, base),
+    )
     return rows
 
 

@@ -9,6 +9,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX = ROOT / "recipes" / "sandbox"
 SMOLLM2 = ROOT / "recipes" / "smollm2-135m"
+SMOLLM2_PPO_RECIPE = SMOLLM2 / "ppo" / "config_smoke.yaml"
 TRL112 = "trl==1.12.0"
 
 # Both trainers' PPO settings, keys spelled as in both PPOConfigs but `batch_size`, the episodes per
@@ -71,7 +72,7 @@ PPO_SMOLLM2 = {
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
 LORA_LEARNING_RATE = 2.0e-4
 # Our recipe keys for the same adapter
-LORA_KEYS = dict(use_peft=True, lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_target_modules="all-linear")
+LORA_KEYS = {"use_peft": True, **{f"lora_{key.removeprefix('lora_')}": value for key, value in LORA.items()}}
 # Trainer runs measure training alone: no checkpoints, evaluation or samples around it
 TRAINER_QUIET = dict(
     save_strategy="no",

@@ -109,8 +109,8 @@ gpu-check: setup
 	$(PYTHON) -m scripts.gpu_check $(if $(OUT),--output_dir $(OUT))
 
 # Ours beside a bare TRL script (SFT, RM) and TRL 1.12.0's PPOTrainer (installed into outputs/bench/trl112, not the
-# venv), alternating fresh processes; -> outputs/bench/bench.{json,md}. About 30 min after the demo chain up to
-# the RM; QUICK=1: one pair of each at smoke sizes, a few minutes (scripts/bench). Run it with nothing else running.
+# venv), alternating fresh processes; -> outputs/bench/bench.{json,md}. 27-29 min on 2 cores after the demo chain
+# up to the RM; QUICK=1: one pair of each at smoke sizes, 2 min (scripts/bench). Run it with nothing else running.
 bench: setup
 	$(PYTHON) -m pipeline demo --until rm
 	$(if $(QUICK),,$(PYTHON) -m pipeline import-gguf --output_dir outputs/smollm2/base)

@@ -35,7 +35,7 @@ class Step:
     argv: tuple[str, ...]
     output: Path
     inputs: tuple[Path, ...] = ()
-    # The metric the summary shows for this stage, and its label.
+    # The metric the summary shows for this stage (a dotted path into metrics.json), and its label.
     key_metric: tuple[str, str] | None = None
     # Left out of the whole chain until asked for by name (`--until`); kept current once its output exists.
     optional: bool = False
@@ -88,7 +88,13 @@ def smollm2_hh_steps(run_dir: Path) -> list[Step]:
     return [
         *_import_sft_merge(base, sft, d["sft"], merged, ("train_loss", "train loss")),
         Step("rm", _recipe(recipes, "rm", "hh_rlhf"), d["rm"], (merged,), ("eval_accuracy", "held-out accuracy")),
-        Step("ppo", _recipe(recipes, "ppo", "hh_rlhf"), d["ppo"], (merged, d["rm"]), ("rm_score_mean", "RM score")),
+        Step(
+            "ppo",
+            _recipe(recipes, "ppo", "hh_rlhf"),
+            d["ppo"],
+            (merged, d["rm"]),
+            ("eval.policies.ppo.rm_score.mean", "RM score"),
+        ),
         Step("eval", (*evaluate, "--output_dir", str(d["eval"])), d["eval"], (d["rm"], merged, d["ppo"])),
     ]
 
@@ -154,13 +160,13 @@ def _after_sft(
     return [
         Step("label", _recipe(recipes, "label"), d["label"], (sft,), ("train_pairs", "training pairs")),
         Step("rm", _recipe(recipes, "rm"), d["rm"], (sft, d["label"]), ("accuracy_to_bayes", "accuracy / Bayes")),
-        Step("ppo", _recipe(recipes, "ppo"), d["ppo"], rl, ("gold_win_rate_vs_sft", "gold win vs SFT")),
+        Step("ppo", _recipe(recipes, "ppo"), d["ppo"], rl, ("eval.gold_win_rate.ppo.sft.mean", "gold win vs SFT")),
         Step(
             "ppo-ptx",
             ("ppo", "--config", str(recipes / "ppo/config_ptx.yaml")),
             d["ppo-ptx"],
             rl,
-            ("gold_win_rate_vs_sft", "gold win vs SFT"),
+            ("eval.gold_win_rate.ppo.sft.mean", "gold win vs SFT"),
             optional=ptx_optional,
         ),
         *(Step(name, _recipe(recipes, name), d[name], rl, ("gold_mean", "gold"), optional=True) for name in online),
@@ -260,7 +266,9 @@ def run(steps: list[Step], run_stage: Runner, force: bool = False) -> list[dict]
         metrics = json.loads((step.output / outputs.METRICS_FILE).read_text())
         if step.key_metric is not None:
             key, label = step.key_metric
-            value = metrics.get(key)
+            value = metrics
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
             row["metric"] = f"{label} {value:.3f}" if isinstance(value, float) else f"{label} {value}"
     return rows
 

@@ -85,9 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--prompts_card", help="a prompts card (default: the sandbox's test prompts)")
     evaluate.add_argument("--data_files", help="local files in the prompts card's format, instead of its source")
     evaluate.add_argument("--split", default="test", help="the card's split (default: test)")
-    evaluate.add_argument("--num_prompts", type=int, default=200)
+    evaluate.add_argument("--num_prompts", type=int, default=1000)
     evaluate.add_argument("--max_new_tokens", type=int, default=32)
-    evaluate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the KL estimate")
+    evaluate.add_argument(
+        "--num_samples", type=int, default=4, help="answers sampled per prompt besides the greedy one"
+    )
+    evaluate.add_argument(
+        "--best_of_n", type=int, default=16, help="the reference's samples per prompt for the best-of-n frontier"
+    )
+    evaluate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1: the policy itself)")
     evaluate.add_argument("--batch_size", type=int, default=100)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--output_dir", default="outputs/demo/eval")

@@ -50,6 +50,16 @@ class ScriptArguments:
     )
     sandbox_eval_max_new_tokens: int = 32
     sandbox_eval_batch_size: int = 100
+    sandbox_eval_samples: int = field(
+        default=1, metadata={"help": "PPO's end-of-run comparison: answers sampled per prompt besides the greedy one."}
+    )
+    balance_families: bool = field(
+        default=True,
+        metadata={
+            "help": "PPO, RLOO, GRPO on sandbox prompts: every task family as often as the largest one "
+            "(a smaller family's prompts recur)."
+        },
+    )
 
 
 @dataclass

@@ -1,12 +1,13 @@
-"""The one evaluator: a policy's greedy answers to held-out prompts, their RM scores, KL to a reference, gold.
+"""The one evaluator: policies' greedy and sampled answers to held-out prompts, RM scores, KL, gold, best-of-n.
 
 The eval stage compares any number of policies with it; PPO compares its policy with the SFT policy
-it started from at the end of a run. A model comes with the context it is called in
-(`sampling.Called`).
+it started from at the end of a run, through the same `answer` and `compare`. A model comes with the
+context it is called in (`sampling.Called`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
@@ -15,17 +16,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pipeline.intervals import best_of_n, best_of_n_kl, differences, interval, wins
 from pipeline.outputs import SANDBOX_SAMPLES_FILE, write_jsonl
+from pipeline.reward import response_rewards
 from pipeline.sampling import Called, decode, encode_prompts, generate, left_pad, response_logprobs, sample
-from pipeline.sandbox.evaluation import score_responses, summarize
+from pipeline.sandbox.evaluation import gold_rewards, score_responses, summarize
 from pipeline.sandbox.judge import strip_filler
-from pipeline.sandbox.tasks import test_prompts
-from pipeline.scoring import sequence_rewards
+from pipeline.sandbox.tasks import parse_prompt, test_prompts
 
-
-def win_rate(a: list[float], b: list[float]) -> float:
-    """How often `a` beats `b`, row by row, ties counting half."""
-    return mean(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True))
+RULE = "rule"  # the reference's greedy answers with the filler cut by a fixed rule (`strip_filler`)
 
 
 def rule_baseline(prompts: list[str], responses: list[str], finished: list[bool]) -> list[dict]:
@@ -33,41 +32,24 @@ def rule_baseline(prompts: list[str], responses: list[str], finished: list[bool]
     return score_responses(prompts, [strip_filler(r) for r in responses], finished)
 
 
-@torch.no_grad()
-def sampled_kl(
-    policy: PreTrainedModel,
-    reference: Called,
-    queries: torch.Tensor,
-    query_mask: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float,
-    stop_token_id: int | None,
-    pad_token_id: int,
-    generator: torch.Generator,
-    synced: bool = False,
-) -> list[float]:
-    """KL(policy || reference) per query: the sum over a sampled response of log pi - log pi_ref (nats).
-
-    `synced` as in `sample`.
-    """
-    samples = sample(
-        policy, queries, query_mask, max_new_tokens, temperature, stop_token_id, pad_token_id, generator, synced
-    )
-    model, context = reference
-    with context():
-        ref_logprobs, _ = response_logprobs(model, queries, query_mask, samples.responses, samples.mask, temperature)
-    return ((samples.logprobs - ref_logprobs) * samples.mask).sum(1).tolist()
-
-
 @dataclass
 class Answers:
-    """One policy's greedy answers to every prompt, with what each costs and scores."""
+    """One policy's answers to every prompt: a greedy one, and `num_samples` sampled ones, with what each scores."""
 
     texts: list[str] = field(default_factory=list)
     finished: list[bool] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)  # the EOS counted
     rm: list[float] = field(default_factory=list)
+    # Per prompt, one entry per sample
+    samples: list[list[str]] = field(default_factory=list)
+    samples_finished: list[list[bool]] = field(default_factory=list)
+    samples_rm: list[list[float]] = field(default_factory=list)
+    # Per prompt: the mean over its samples of sum(log pi - log pi_ref), an estimate of KL(policy || reference)
     kl: list[float] = field(default_factory=list)
+
+
+def _per_prompt(values: list, size: int) -> list[list]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
 
 
 @torch.no_grad()
@@ -78,46 +60,171 @@ def answer(
     max_new_tokens: int,
     batch_size: int,
     stop_token_id: int | None,
-    reward_model: Called | None = None,
-    reference: Called | None = None,
+    num_samples: int = 0,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    reward_model: Called | None = None,
+    reward_tokenizer: PreTrainedTokenizerBase | None = None,
+    reference: Called | None = None,
     synced: bool = False,
     description: str = "evaluating",
     progress: bool = True,
 ) -> Answers:
-    """Greedy answers with their RM scores, and KL(policy || reference) on answers sampled at `temperature`."""
+    """Greedy answers and `num_samples` answers per prompt sampled at `temperature`, with their RM scores
+    (the RM reads `reward_conversations`) and, against `reference`, the sampled answers' KL."""
     model, context = policy
     pad, device = tokenizer.pad_token_id, model.device
     answers = Answers()
+
+    def rewards(prompts: list[list[dict]], texts: list[str]) -> list[float]:
+        if reward_model is None:
+            return []
+        return response_rewards(reward_model, reward_tokenizer or tokenizer, prompts, texts, batch_size)
+
     for start in tqdm(range(0, len(conversations), batch_size), desc=description, unit="batch", disable=not progress):
-        ids = encode_prompts(tokenizer, conversations[start : start + batch_size])
-        queries, query_mask = (t.to(device) for t in left_pad(ids, pad))
+        chunk = conversations[start : start + batch_size]
+        queries, query_mask = (t.to(device) for t in left_pad(encode_prompts(tokenizer, chunk), pad))
         with context():
             greedy = sample(model, queries, query_mask, max_new_tokens, 0.0, stop_token_id, pad, synced=synced)
         texts, finished = decode(tokenizer, greedy.responses, greedy.mask, stop_token_id)
         answers.texts += texts
         answers.finished += finished
         answers.tokens += greedy.mask.sum(1).long().tolist()
-        if reward_model is not None:
-            scorer, scorer_context = reward_model
-            with scorer_context():
-                rewards = sequence_rewards(scorer, queries, query_mask, greedy.responses, greedy.mask)
-            answers.rm += rewards.tolist()
-        if reference is not None:
-            answers.kl += sampled_kl(
-                model,
-                reference,
-                queries,
-                query_mask,
-                max_new_tokens,
-                temperature,
-                stop_token_id,
-                pad,
-                generator,
-                synced,
-            )
+        answers.rm += rewards(chunk, texts)
+        if not num_samples:
+            continue
+        # Each prompt num_samples times, in batches of at most batch_size rows
+        texts, finished, kl = [], [], []
+        rows = torch.arange(len(chunk), device=device).repeat_interleave(num_samples)
+        for part in rows.split(batch_size):
+            q, qm = queries[part], query_mask[part]
+            with context():
+                drawn = sample(model, q, qm, max_new_tokens, temperature, stop_token_id, pad, generator, synced)
+            part_texts, part_finished = decode(tokenizer, drawn.responses, drawn.mask, stop_token_id)
+            texts += part_texts
+            finished += part_finished
+            if reference is not None:
+                ref_model, ref_context = reference
+                with ref_context():
+                    ref_logprobs, _ = response_logprobs(ref_model, q, qm, drawn.responses, drawn.mask, temperature)
+                kl += ((drawn.logprobs - ref_logprobs) * drawn.mask).sum(1).tolist()
+        answers.samples += _per_prompt(texts, num_samples)
+        answers.samples_finished += _per_prompt(finished, num_samples)
+        answers.samples_rm += _per_prompt(rewards([c for c in chunk for _ in range(num_samples)], texts), num_samples)
+        answers.kl += [mean(k) for k in _per_prompt(kl, num_samples)]
     return answers
+
+
+def _pairs(per_prompt: dict[str, list[float]], statistic: Callable, seed: int) -> dict[str, dict[str, dict]]:
+    """`statistic(a, b)` per prompt for every ordered pair of policies, with its bootstrap interval over prompts."""
+    return {
+        a: {b: interval(statistic(per_prompt[a], per_prompt[b]), seed) for b in per_prompt if b != a}
+        for a in per_prompt
+    }
+
+
+def _frontier(
+    gold: list[list[float]] | None, rm: list[list[float]], greedy_gold: list[float] | None, seed: int
+) -> list:
+    """Best-of-n of the reference's samples for n = 1..N, picked by the RM and by gold, against its KL."""
+    points = []
+    for n in range(1, len(rm[0]) + 1):
+        point = {"n": n, "kl": best_of_n_kl(n)}
+        picked = [best_of_n(r, g, n) for r, g in zip(rm, gold, strict=True)]
+        point["rm_picked_rm"] = mean(best_of_n(r, r, n) for r in rm)
+        point["rm_picked_gold"] = interval(picked, seed)
+        point["gold_picked_gold"] = mean(best_of_n(g, g, n) for g in gold)
+        point["rm_picked_gold_minus_greedy"] = interval(differences(picked, greedy_gold), seed)
+        points.append(point)
+    return points
+
+
+def _by_family(values: list[float], families: list[str]) -> dict[str, float]:
+    return {f: mean(v for v, g in zip(values, families, strict=True) if g == f) for f in sorted(set(families))}
+
+
+def compare(
+    conversations: list[list[dict]],
+    answers: dict[str, Answers],
+    reference: str | None,
+    sandbox: bool,
+    seed: int = 0,
+) -> tuple[dict, list[dict]]:
+    """(metrics, one sample row per prompt) of policies that answered the same prompts.
+
+    Every mean carries its 95% bootstrap interval over prompts; differences and win-rates between
+    two policies are paired by prompt. In the sandbox: gold of greedy and of sampled answers, and the
+    rule baseline; with RM scores: RM-judged win-rates; with the reference's samples: best-of-n.
+    """
+    names = list(answers)
+    prompts = [c[-1]["content"] for c in conversations]
+    samples = [{"prompt": p} for p in prompts]
+    policies: dict[str, dict] = {}
+    for name, a in answers.items():
+        policies[name] = {"response_tokens_mean": mean(a.tokens), "finished_fraction": mean(map(float, a.finished))}
+        if a.rm:
+            policies[name]["rm_score"] = interval(a.rm, seed)
+        if a.samples_rm:
+            policies[name]["rm_sampled"] = interval([mean(r) for r in a.samples_rm], seed)
+        if a.kl:
+            policies[name]["kl_to_reference"] = interval(a.kl, seed)
+        for row, text, score in zip(samples, a.texts, a.rm or [None] * len(samples), strict=True):
+            row[name] = text
+            if score is not None:
+                row[f"rm_{name}"] = score
+    metrics: dict = {
+        "prompts": len(conversations),
+        "samples_per_prompt": {n: len(a.samples[0]) if a.samples else 0 for n, a in answers.items()},
+        "reference": reference,
+        "policies": policies,
+    }
+    if all(a.rm for a in answers.values()):
+        metrics["rm_win_rate"] = _pairs({n: a.rm for n, a in answers.items()}, wins, seed)
+    if not sandbox:
+        metrics["names"] = names
+        return metrics, samples
+
+    greedy = {n: score_responses(prompts, a.texts, a.finished) for n, a in answers.items()}
+    if reference is not None:
+        greedy[RULE] = rule_baseline(prompts, answers[reference].texts, answers[reference].finished)
+        policies[RULE] = {}
+        for row, rule in zip(samples, greedy[RULE], strict=True):
+            row[RULE] = rule["response"]
+    tasks = [parse_prompt(p) for p in prompts]
+    for name, rows in greedy.items():
+        policies[name].update(summarize(rows))
+        policies[name]["gold"] = interval([r["gold"] for r in rows], seed)
+        policies[name]["exact_match"] = mean(
+            float(r["response"] in t.answers) for r, t in zip(rows, tasks, strict=True)
+        )
+        for row, scored in zip(samples, rows, strict=True):
+            row["family"] = scored["family"]
+            row[f"gold_{name}"] = scored["gold"]
+    sampled: dict[str, list[list[float]]] = {}
+    for name, a in answers.items():
+        if a.samples:
+            sampled[name] = [
+                gold_rewards([c] * len(texts), texts, finished)
+                for c, texts, finished in zip(conversations, a.samples, a.samples_finished, strict=True)
+            ]
+            policies[name]["gold_sampled"] = interval([mean(g) for g in sampled[name]], seed)
+            for row, gold in zip(samples, sampled[name], strict=True):
+                row[f"gold_sampled_{name}"] = mean(gold)
+    gold = {n: [r["gold"] for r in rows] for n, rows in greedy.items()}
+    metrics["gold_win_rate"] = _pairs(gold, wins, seed)
+    metrics["gold_difference"] = _pairs(gold, differences, seed)
+    metrics["gold_sampled_difference"] = _pairs(
+        {n: [mean(g) for g in s] for n, s in sampled.items()}, differences, seed
+    )
+    family = [row["family"] for row in samples]
+    metrics["gold_win_rate_by_family"] = {
+        a: {b: _by_family(wins(gold[a], gold[b]), family) for b in gold if b != a} for a in gold
+    }
+    ref = answers.get(reference) if reference is not None else None
+    if ref is not None and ref.samples_rm and len(ref.samples[0]) > 1:
+        metrics["best_of_n"] = _frontier(sampled[reference], ref.samples_rm, gold[reference], seed)
+    metrics["names"] = names + ([RULE] if RULE in policies else [])
+    return metrics, samples
 
 
 def evaluate_policy(

@@ -111,30 +111,57 @@ def rl_curves(runs: dict[str, list[dict]], figures: Path) -> str | None:
 
 
 def reward_vs_kl(runs: dict[str, list[dict]], evaluation: dict, figures: Path) -> str | None:
-    """Proxy (RM) and gold score against the KL spent (Gao et al. 2022): along each PPO run, and every
-    evaluated policy's end point (greedy scores; KL sampled, measured the same way for all)."""
+    """Proxy (RM) and gold score against the KL spent (Gao et al. 2022): the reference's best-of-n frontier,
+    every evaluated policy's sampled answers (95% intervals), and the path of each PPO run's rollouts."""
     ppo = {name: [r for r in rows if "kl" in r] for name, rows in runs.items() if name.startswith("ppo")}
     found = evaluation.get("policies", {})
-    ends = {n: found[n] for n in evaluation.get("names", found) if found[n].get("kl_to_reference") is not None}
-    if not ppo and not ends:
+    ends = {
+        n: found[n]
+        for n in evaluation.get("names", found)
+        if found[n].get("kl_to_reference") is not None and n not in (evaluation.get("reference"), "base")
+    }
+    frontier = evaluation.get("best_of_n", [])
+    if not ppo and not ends and not frontier:
         return None
     figure, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, (key, end_key, title) in zip(
-        axes,
-        (("score", "rm_score_mean", "Proxy: reward-model score"), ("gold", "gold_mean", "Gold score")),
-        strict=True,
-    ):
+    panels = (
+        ("score", "rm_sampled", "rm_picked_rm", "Proxy: reward-model score"),
+        ("gold", "gold_sampled", "rm_picked_gold", "Gold score"),
+    )
+    for ax, (key, end_key, frontier_key, title) in zip(axes, panels, strict=True):
+        if frontier and frontier_key in frontier[0]:
+            xs = [p["kl"] ** 0.5 for p in frontier]
+            picked = [p[frontier_key] for p in frontier]
+            if isinstance(picked[0], dict):
+                low, high = [p["ci"][0] for p in picked], [p["ci"][1] for p in picked]
+                ax.fill_between(xs, low, high, color="black", alpha=0.12)
+                picked = [p["mean"] for p in picked]
+            label = f"best-of-n of {evaluation['reference']}, RM picks (n = 1..{frontier[-1]['n']})"
+            ax.plot(xs, picked, marker="o", markersize=3, color="black", label=label)
+            if key == "gold":
+                gold_picked = [p["gold_picked_gold"] for p in frontier]
+                ax.plot(xs, gold_picked, linestyle="--", color="grey", label="best-of-n, gold picks (ceiling)")
         for name, rows in ppo.items():
             xs = [max(r["kl"], 0.0) ** 0.5 for r in rows]
-            label = f"{RL_RUNS[name]} rollouts (training prompts, sampled)"
+            label = f"{RL_RUNS[name]} rollouts (training prompts)"
             ax.plot(xs, [r[key] for r in rows], marker=".", alpha=0.6, color=COLORS[name], label=label)
         for name, policy in ends.items():
-            if policy.get(end_key) is not None and name != "base":
-                x = max(policy["kl_to_reference"], 0.0) ** 0.5
-                color = COLORS.get(name)
-                label = f"{name} (held-out prompts, greedy)"
-                ax.scatter([x], [policy[end_key]], marker="*", s=180, zorder=3, color=color, label=label)
-        ax.set(title=title, xlabel="sqrt(KL to SFT), KL in nats per response", ylabel="mean score")
+            if policy.get(end_key) is None:
+                continue
+            x, point = max(policy["kl_to_reference"]["mean"], 0.0) ** 0.5, policy[end_key]
+            error = [[point["mean"] - point["ci"][0]], [point["ci"][1] - point["mean"]]]
+            ax.errorbar(
+                [x],
+                [point["mean"]],
+                yerr=error,
+                fmt="*",
+                markersize=12,
+                capsize=4,
+                zorder=3,
+                color=COLORS.get(name),
+                label=f"{name} (held-out prompts)",
+            )
+        ax.set(title=title, xlabel="sqrt(KL to the reference), KL in nats per response", ylabel="mean score, T = 1")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     return _save(figure, figures / "reward_vs_kl.png")
@@ -161,26 +188,33 @@ def gold_by_family(evaluation: dict, figures: Path) -> str | None:
 
 
 def _headline(evaluation: dict) -> list[str]:
-    """One line per policy: gold, and its win-rates against the reference and the rule baseline."""
+    """One line per policy: gold greedy and sampled, its paired difference and win-rate against the reference."""
     reference, policies = evaluation.get("reference"), evaluation.get("policies", {})
-    wins = evaluation.get("gold_win_rate", {})
-    if reference is None or "gold_mean" not in policies.get(reference, {}):
+    if reference is None or "gold" not in policies.get(reference, {}):
         return []
+
+    def figure(value: dict) -> str:
+        return f"{value['mean']:+.3f} [{value['ci'][0]:+.3f}, {value['ci'][1]:+.3f}]"
+
+    ref = policies[reference]
     lines = [
-        f"On {evaluation['prompts']} held-out prompts, greedy decoding; gold = the sandbox judge "
-        f"(0.5 correctness + 0.5 style). {reference}: gold {policies[reference]['gold_mean']:.3f}.",
+        f"On {evaluation['prompts']} held-out prompts; gold = the sandbox judge (0.5 correctness + 0.5 style); "
+        "brackets: 95% bootstrap intervals over prompts, paired by prompt for differences. "
+        f"{reference}: gold {ref['gold']['mean']:.3f} greedy, {ref['gold_sampled']['mean']:.3f} sampled.",
         "",
     ]
     for name in evaluation.get("names", list(policies)):
         policy = policies[name]
-        if name in (reference, "rule", "base") or "gold_mean" not in policy:
+        if name in (reference, "base") or "gold" not in policy:
             continue
-        lines.append(
-            f"- **{name}**: gold {policy['gold_mean']:.3f} (correctness {policy['gold_correctness']:.3f}, "
-            f"style {policy['gold_style']:.3f}); wins {wins[name][reference]:.3f} of comparisons with "
-            f"{reference} and {wins[name].get('rule', float('nan')):.3f} with the rule baseline; "
-            f"KL to {reference} {policy['kl_to_reference']:.2f} nats"
-        )
+        line = f"- **{name}**: gold {policy['gold']['mean']:.3f}, minus {reference}'s "
+        line += figure(evaluation["gold_difference"][name][reference]) + " greedy"
+        if name in evaluation.get("gold_sampled_difference", {}):
+            line += ", " + figure(evaluation["gold_sampled_difference"][name][reference]) + " sampled"
+        line += f"; gold win-rate {figure(evaluation['gold_win_rate'][name][reference])}"
+        if "kl_to_reference" in policy:
+            line += f"; KL to {reference} {policy['kl_to_reference']['mean']:.2f} nats"
+        lines.append(line)
     return lines
 
 

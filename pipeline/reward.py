@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 from trl import RewardTrainer
 
+from pipeline.sampling import Called
 from pipeline.scoring import score_sequences
 
 
@@ -116,6 +117,52 @@ class GroupedRewardTrainer(RewardTrainer):
         return self.accelerator.prepare(loader)
 
 
+def reward_conversations(prompts: list[list[dict]], responses: list[str]) -> list[list[dict]]:
+    """What the reward model reads for each response: its prompt, then the response as the assistant's turn.
+
+    The labels present every response this way, finished or not (an unfinished answer is closed by the
+    chat template), so PPO's rollouts, the evaluation and RLOO/GRPO read the RM where it was trained;
+    a missing EOS costs `missing_eos_penalty` on top.
+    """
+    return [p + [{"role": "assistant", "content": r}] for p, r in zip(prompts, responses, strict=True)]
+
+
+def reward_ids(tokenizer: PreTrainedTokenizerBase, sequence: list[dict] | str) -> list[int]:
+    """The token ids the reward model reads for one conversation or text: those `trl.RewardTrainer` trains on.
+
+    A conversation goes through the chat template whole (ChatML's turn ends `<|im_end|>` then a newline, and
+    the head is read at that newline); a plain text gets the EOS token appended when it lacks one, as TRL does.
+    """
+    if isinstance(sequence, str):
+        text = sequence if sequence.endswith(tokenizer.eos_token) else sequence + tokenizer.eos_token
+        return tokenizer(text)["input_ids"]
+    return list(tokenizer.apply_chat_template(sequence, tokenize=True, return_dict=True)["input_ids"])
+
+
+def reward_batch(
+    tokenizer: PreTrainedTokenizerBase, sequences: list[list[dict] | str], max_length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input ids, attention mask) of `reward_ids`; a sequence over `max_length` keeps its end."""
+    rows = [reward_ids(tokenizer, s)[-max_length:] if max_length else reward_ids(tokenizer, s) for s in sequences]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return ids, mask
+
+
+def response_rewards(
+    reward_model: Called,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict]],
+    responses: list[str],
+    batch_size: int = 64,
+) -> list[float]:
+    """The reward model's score of each response to its prompt, read on `reward_conversations`."""
+    model, context = reward_model
+    with context():
+        return reward_scores(model, tokenizer, reward_conversations(prompts, responses), batch_size)
+
+
 @torch.no_grad()
 def reward_scores(
     model: PreTrainedModel,
@@ -124,32 +171,15 @@ def reward_scores(
     batch_size: int = 64,
     max_length: int | None = None,
 ) -> list[float]:
-    """The scalar reward of each conversation (messages through the chat template, or plain text).
-
-    Longer than `max_length` tokens, a conversation keeps its end: the reward is read at the last token.
-    """
-    was_training, side, cut = model.training, tokenizer.padding_side, tokenizer.truncation_side
+    """The scalar reward of each conversation or text (`reward_ids`), read at its last token."""
+    was_training = model.training
     model.eval()
-    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
     scores: list[float] = []
     try:
         for start in range(0, len(conversations), batch_size):
-            texts = [
-                c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False)
-                for c in conversations[start : start + batch_size]
-            ]
-            plain = isinstance(conversations[start], str)
-            batch = tokenizer(
-                texts,
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=plain,
-                truncation=max_length is not None,
-                max_length=max_length,
-            ).to(model.device)
-            scores.extend(score_sequences(model, batch["input_ids"], batch["attention_mask"]).tolist())
+            ids, mask = reward_batch(tokenizer, conversations[start : start + batch_size], max_length)
+            scores.extend(score_sequences(model, ids.to(model.device), mask.to(model.device)).tolist())
     finally:
-        tokenizer.padding_side, tokenizer.truncation_side = side, cut
         model.train(was_training)
     return scores
 

@@ -70,14 +70,3 @@ def response_values(
     """V(state before each response token): the value head at the token just before it."""
     scores = token_scores(model, *query_response(queries, query_mask, responses, response_mask))
     return scores[:, queries.shape[1] - 1 : -1]
-
-
-def sequence_rewards(
-    model: torch.nn.Module,
-    queries: torch.Tensor,
-    query_mask: torch.Tensor,
-    responses: torch.Tensor,
-    response_mask: torch.Tensor,
-) -> torch.Tensor:
-    """The reward model's score of each query + response, read at the last response token (the stop token)."""
-    return score_sequences(model, *query_response(queries, query_mask, responses, response_mask))

@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     results["ppo"].update(
         seconds_per_update=metrics["seconds_per_step"],
         episodes_per_second=round(metrics["episodes"] / metrics["train_runtime"], 1),
-        kl_to_sft=metrics["kl_to_sft"],
-        gold_mean=metrics["gold_mean"],
+        kl_to_sft=metrics["eval"]["policies"]["ppo"]["kl_to_reference"]["mean"],
+        gold_mean=metrics["eval"]["policies"]["ppo"]["gold_mean"],
     )
 
     # QLoRA: the base in 4-bit NF4 (bitsandbytes), a LoRA adapter trained on it in bf16

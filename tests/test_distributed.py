@@ -160,9 +160,16 @@ def test_ppo_on_two_processes_splits_the_rollout_and_writes_once(ppo_two_process
     assert (got["num_processes"], got["episodes"], got["train_steps"]) == (2, 64, 4)
     assert got["rank_divergence"] == 0.0
     # The held-out evaluation is split over the ranks: the SFT side must come out as in one process
-    for key in ("eval_prompts", "gold_mean_sft", "rm_score_mean_sft", "ptx_loss_sft", "gold_mean_rule_baseline"):
-        assert got[key] == pytest.approx(alone[key], rel=1e-5), key
-    assert len((ppo_two_processes / "ppo_samples.jsonl").read_text().splitlines()) == got["eval_prompts"]
+    assert got["ptx_loss_sft"] == pytest.approx(alone["ptx_loss_sft"], rel=1e-5)
+    for name in ("sft", "rule"):
+        for key in ("gold_mean", "gold_correctness") + (("rm_score",) if name == "sft" else ()):
+            value, expected = got["eval"]["policies"][name][key], alone["eval"]["policies"][name][key]
+            value, expected = (value["mean"], expected["mean"]) if key == "rm_score" else (value, expected)
+            assert value == pytest.approx(expected, rel=1e-5), (name, key)
+    assert got["trained_family_mix"] == alone["trained_family_mix"]
+    prompts = got["eval"]["prompts"]
+    assert prompts == alone["eval"]["prompts"]
+    assert len((ppo_two_processes / "ppo_samples.jsonl").read_text().splitlines()) == prompts
     assert [s["step"] for s in log(ppo_two_processes)] == [1, 2, 3, 4]  # one line per update: main process only
     assert all(s["episode"] == 16 * s["step"] for s in log(ppo_two_processes))
     # The learning-rate schedule counts optimiser steps, not optimiser steps x processes

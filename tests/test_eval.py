@@ -26,23 +26,44 @@ def test_eval_compares_policies_against_the_reference_and_the_rule(runs, tmp_pat
     out = tmp_path / "eval"
     policies = [f"base={runs / 'base'}", f"sft={runs / 'sft'}"]
     args = ["eval", "--policies", *policies, "--reward_model", str(tmp_path / "rm"), "--num_prompts", "21"]
-    assert main([*args, "--output_dir", str(out)]) == 0
+    assert main([*args, "--num_samples", "2", "--best_of_n", "3", "--output_dir", str(out)]) == 0
     found = metrics(out)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     policies = found["policies"]
     assert found["reference"] == "sft" and found["names"] == ["base", "sft", "rule"] and len(samples) == 21
-    assert policies["sft"]["kl_to_reference"] == 0.0 and policies["base"]["kl_to_reference"] > 0.1
+    assert found["samples_per_prompt"] == {"base": 2, "sft": 3}
+    assert policies["sft"]["kl_to_reference"]["mean"] == 0.0 and policies["base"]["kl_to_reference"]["mean"] > 0.1
     for row in samples:
         assert row["rule"] == strip_filler(row["sft"])
         assert row["gold_rule"] == pytest.approx(gold_components(row["prompt"], row["rule"], True)["gold"])
+        assert row["family"] == parse_prompt(row["prompt"]).family
     assert policies["sft"]["gold_mean"] == pytest.approx(mean(r["gold_sft"] for r in samples))
-    assert policies["sft"]["rm_score_mean"] == pytest.approx(mean(r["rm_sft"] for r in samples))
+    assert policies["sft"]["gold"]["mean"] == pytest.approx(policies["sft"]["gold_mean"])
+    assert policies["sft"]["gold_sampled"]["mean"] == pytest.approx(mean(r["gold_sampled_sft"] for r in samples))
+    assert policies["sft"]["rm_score"]["mean"] == pytest.approx(mean(r["rm_sft"] for r in samples))
     exact = mean(float(r["sft"] in parse_prompt(r["prompt"]).answers) for r in samples)
     assert policies["sft"]["exact_match"] == pytest.approx(exact)
     gold, rm = found["gold_win_rate"], found["rm_win_rate"]
-    assert gold["sft"]["base"] + gold["base"]["sft"] == pytest.approx(1.0)
-    assert gold["sft"]["base"] > 0.5 and set(rm) == {"base", "sft"}
-    assert "| policy | gold |" in (out / "eval.md").read_text()
+    assert gold["sft"]["base"]["mean"] + gold["base"]["sft"]["mean"] == pytest.approx(1.0)
+    assert gold["sft"]["base"]["mean"] > 0.5 and set(rm) == {"base", "sft"}
+    difference = found["gold_difference"]["sft"]["base"]
+    assert difference["mean"] == pytest.approx(policies["sft"]["gold_mean"] - policies["base"]["gold_mean"])
+    assert difference["ci"][0] <= difference["mean"] <= difference["ci"][1]
+    # Best-of-n of SFT's 3 samples: n = 1 is its sampled gold at KL 0, and the RM-picked gold lies below the
+    # gold-picked one
+    frontier = found["best_of_n"]
+    assert [p["n"] for p in frontier] == [1, 2, 3] and frontier[0]["kl"] == 0
+    assert frontier[0]["rm_picked_gold"]["mean"] == pytest.approx(policies["sft"]["gold_sampled"]["mean"])
+    assert all(p["rm_picked_gold"]["mean"] <= p["gold_picked_gold"] + 1e-9 for p in frontier)
+    report = (out / "eval.md").read_text()
+    assert "| policy | gold (greedy) | gold (sampled) |" in report and "## Best-of-n" in report
+
+
+def test_eval_refuses_sampling_at_temperature_zero(runs, tmp_path, capsys):
+    args = ["eval", "--policies", f"sft={runs / 'sft'}", "--temperature", "0", "--output_dir", str(tmp_path / "e")]
+    assert main(args) == 2
+    assert "--temperature must be above 0" in capsys.readouterr().err
+    assert main([*args, "--num_samples", "0", "--best_of_n", "0"]) == 0
 
 
 def test_eval_reference_must_be_a_policy(runs, tmp_path, capsys):

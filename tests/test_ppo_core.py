@@ -7,6 +7,7 @@ import torch
 
 from pipeline.ppo.core import (
     entropy_from_logits,
+    explained_variance,
     gae,
     kl_estimate,
     masked_mean,
@@ -109,6 +110,25 @@ def test_policy_loss_clips_in_the_direction_of_the_advantage():
     assert stats["policy/approxkl"].item() == pytest.approx(0.5 * 0.25)
     same, stats = policy_loss(old, old, torch.tensor([[1.0, -1.0]]), mask, cliprange=0.2)
     assert same.item() == pytest.approx(0.0) and stats["policy/clipfrac_avg"].item() == 0
+    assert stats["policy/ratio_mean"].item() == stats["policy/ratio_max"].item() == 1.0
+
+
+def test_ratio_statistics_skip_padding():
+    new = torch.tensor([[0.5, -0.5, 3.0]])  # the last token is padding
+    _, stats = policy_loss(new, torch.zeros(1, 3), torch.ones(1, 3), torch.tensor([[1.0, 1.0, 0.0]]), cliprange=0.2)
+    assert stats["policy/ratio_mean"].item() == pytest.approx((math.exp(0.5) + math.exp(-0.5)) / 2)
+    assert stats["policy/ratio_max"].item() == pytest.approx(math.exp(0.5))
+
+
+def test_explained_variance_by_hand():
+    returns, mask = torch.tensor([[1.0, 2.0, 3.0, 9.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert explained_variance(returns, returns, mask) == 1.0
+    assert explained_variance(torch.full((1, 4), 2.0), returns, mask) == pytest.approx(0.0)
+    # errors (0, 1, -1): variance 1 against the returns' variance 1
+    assert explained_variance(torch.tensor([[1.0, 1.0, 4.0, 0.0]]), returns, mask) == pytest.approx(0.0)
+    # errors (0.5, 0.5, 0.5): a constant offset costs nothing
+    assert explained_variance(returns - 0.5, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.zeros(1, 4), torch.ones(1, 4), torch.ones(1, 4)) == 0.0
 
 
 def test_value_loss_clips_around_the_old_value():

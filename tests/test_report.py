@@ -6,11 +6,30 @@ import math
 import matplotlib.image
 
 from pipeline import report
+from pipeline.evaluation import Answers, compare
 
 
 def _jsonl(path, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+PROMPTS = [[{"role": "user", "content": p}] for p in ("Add 2 and 3.", "Reverse the word cat.")]
+
+
+def _answers(kl: float, samples: int) -> Answers:
+    """Answers to PROMPTS: greedy, `samples` sampled ones per prompt, RM scores, KL to the reference."""
+    texts = ["Sure! 5", "tac"]
+    return Answers(
+        texts=texts,
+        finished=[True, True],
+        tokens=[3, 2],
+        rm=[0.5, 1.0],
+        samples=[[t, t + "!"][:samples] + [t] * (samples - 2) for t in texts],
+        samples_finished=[[True] * samples] * 2,
+        samples_rm=[[0.1 * i for i in range(samples)]] * 2,
+        kl=[kl, kl],
+    )
 
 
 def _run(tmp_path, with_ppo=True):
@@ -34,9 +53,8 @@ def _run(tmp_path, with_ppo=True):
                 for s in range(1, 9)
             ]
             _jsonl(tmp_path / stage / "log.jsonl", rows)
-    families = {"add": 0.4, "count": 0.9}
-    policies = {"sft": {"gold_by_family": families}, "ppo": {"gold_by_family": families}}
-    evaluation = {"policies": policies, "names": ["sft", "ppo"]}
+    answers = {"sft": _answers(0.0, 3), "ppo": _answers(0.4, 1)} if with_ppo else {"sft": _answers(0.0, 1)}
+    evaluation, _ = compare(PROMPTS, answers, "sft", sandbox=True)
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps(evaluation))
     (tmp_path / "eval" / "eval.md").write_text("# Evaluation on 2 prompts\n\n## Samples\n\n| prompt |\n")
@@ -52,6 +70,7 @@ def test_report_links_every_figure_and_the_evaluation(tmp_path):
         assert f"(figures/{name}.png)" in text
         height, width, _ = matplotlib.image.imread(tmp_path / "figures" / f"{name}.png").shape
         assert width > 600 and height > 300
+    assert "- **ppo**: gold " in text and "sampled; gold win-rate" in text  # the headline, with intervals
     assert (
         "| sft | 12 s | stale: an input changed since |" in text
         and "## Evaluation on 2 prompts" in text

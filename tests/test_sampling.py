@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 from pipeline.ppo.core import response_mask
 from pipeline.sampling import left_pad, response_logprobs, sample
-from pipeline.scoring import response_values, sequence_rewards, token_scores
+from pipeline.scoring import query_response, response_values, score_sequences, token_scores
 
 PAD, EOS = 0, 2
 CONFIG = dict(
@@ -72,7 +72,7 @@ def test_reward_is_the_classifier_score_at_the_last_real_token(scorer):
     responses = torch.tensor([[20, 21, EOS], [22, EOS, PAD], [23, 24, 25]])
     mask = response_mask(responses, EOS)
     with torch.no_grad():
-        rewards = sequence_rewards(scorer, q, qm, responses, mask)
+        rewards = score_sequences(scorer, *query_response(q, qm, responses, mask))
         values = response_values(scorer, q, qm, responses, mask)
         for row in range(3):
             tokens = [t for t in q[row].tolist() if t != PAD] + responses[row][mask[row] == 1].tolist()

@@ -6,7 +6,8 @@ import pytest
 
 from pipeline import sandbox as sb
 from pipeline.sandbox import FAMILIES, SPLITS, ensure_sandbox_data, parse_prompt
-from pipeline.sandbox.corpus import demo_styles, demonstrations
+from pipeline.sandbox.corpus import demo_styles, demonstrations, prompt_rows
+from pipeline.sandbox.evaluation import balanced_indices
 from pipeline.sandbox.tasks import split_of, tasks
 
 
@@ -68,3 +69,13 @@ def test_generated_files_are_complete_and_versioned(sandbox):
     first = json.loads((sandbox / "sft_train.jsonl").read_text().splitlines()[0])
     assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
     assert ensure_sandbox_data(sandbox) == sandbox  # up to date: nothing regenerated
+
+
+def test_balanced_indices_give_every_family_as_many_prompts_as_the_largest():
+    rows = prompt_rows("ppo")
+    counts = Counter(parse_prompt(r["prompt"][-1]["content"]).family for r in rows)
+    assert max(counts.values()) > 5 * min(counts.values())  # the split itself is uneven
+    picked = balanced_indices([r["prompt"] for r in rows])
+    balanced = Counter(parse_prompt(rows[i]["prompt"][-1]["content"]).family for i in picked)
+    assert set(balanced.values()) == {max(counts.values())} and len(balanced) == len(counts)
+    assert set(picked) == set(range(len(rows)))  # every prompt is kept; small families recur

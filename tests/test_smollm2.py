@@ -18,6 +18,7 @@ from pipeline.data import load_card
 from pipeline.sampling import encode_prompts, left_pad, response_logprobs, sample
 from pipeline.scoring import score_sequences
 from tests.conftest import ROOT, log, metrics, stage_args
+from tests.test_reward_readout import check_one_sequence_per_answer
 
 RECIPES = ROOT / "recipes" / "smollm2-135m"
 SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -149,3 +150,8 @@ def test_real_model_chain_sft_merge_rm_ppo_and_a_dry_run_push(smollm2, tmp_path,
     front = yaml.safe_load(card.split("---")[1])
     assert front["base_model"] == SOURCE and front["library_name"] == "peft"
     assert (dry / "adapter_model.safetensors").is_file() and not (dry / "model.safetensors").exists()
+
+
+def test_ppo_and_eval_score_the_ids_the_reward_model_trained_on_with_smollm2s_tokenizer(policy, tmp_path, monkeypatch):
+    """ChatML's `<|im_end|>` then a newline: PPO and eval read the RM at that newline, where it trains."""
+    check_one_sequence_per_answer(policy[1], tmp_path, monkeypatch)

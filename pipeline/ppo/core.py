@@ -102,6 +102,15 @@ def gae(
     return advantages, (advantages + values) * mask
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over the response tokens: 1 when the value model predicts the
+    returns, 0 when it does no better than their mean, below 0 when worse."""
+    _, returns_variance = masked_mean_var(returns, mask)
+    if returns_variance == 0:
+        return 0.0
+    return float(1 - masked_mean_var(returns - values, mask)[1] / returns_variance)
+
+
 def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -118,6 +127,8 @@ def policy_loss(
     stats = {
         "policy/clipfrac_avg": masked_mean((clipped > unclipped).float(), mask),
         "policy/approxkl": 0.5 * masked_mean(log_ratio.square(), mask),
+        "policy/ratio_mean": masked_mean(ratio, mask),
+        "policy/ratio_max": (ratio * mask).max(),
     }
     return loss, stats
 

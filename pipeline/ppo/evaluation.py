@@ -1,4 +1,4 @@
-"""The PPO policy against the SFT policy it started from: the evaluator's answers, gold, RM scores, KL, ptx loss."""
+"""The PPO policy against the SFT policy it started from, through the eval stage's `answer` and `compare`."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from statistics import mean
 import torch
 
 from pipeline.distributed import gather_shards, shard
-from pipeline.evaluation import Answers, answer, rule_baseline, win_rate
+from pipeline.evaluation import Answers, answer, compare
 from pipeline.ppo.trainer import PPOTrainer, lm_batch
 from pipeline.sampling import plain, sampling_generator
-from pipeline.sandbox.evaluation import score_responses, summarize
 
 
-def _answers(trainer: PPOTrainer, conversations: list[list[dict]], batch_size: int) -> dict[str, Answers]:
-    """Greedy answers of the policy (with the sampled KL to SFT) and of the SFT reference, with RM scores.
+def _answers(
+    trainer: PPOTrainer, conversations: list[list[dict]], batch_size: int, num_samples: int
+) -> dict[str, Answers]:
+    """Greedy and sampled answers of the policy (with their KL to SFT) and of the SFT reference, with RM scores.
 
     Each rank takes its share of the prompts; every rank gets all the results.
     """
@@ -27,7 +28,10 @@ def _answers(trainer: PPOTrainer, conversations: list[list[dict]], batch_size: i
         "max_new_tokens": args.response_length,
         "batch_size": batch_size,
         "stop_token_id": trainer.stop_token_id,
+        "num_samples": num_samples,
+        "temperature": args.temperature,
         "reward_model": trainer.reward(),
+        "reward_tokenizer": trainer.reward_tokenizer,
         "synced": trainer.sharded,
         "progress": accelerator.is_main_process,
     }
@@ -35,12 +39,12 @@ def _answers(trainer: PPOTrainer, conversations: list[list[dict]], batch_size: i
     ppo = answer(
         plain(trainer.policy),
         reference=trainer.reference(),
-        temperature=args.temperature,
         generator=generator,
         description="evaluating ppo",
         **common,
     )
-    sft = answer(trainer.reference(), description="evaluating sft", **common)
+    sft = answer(trainer.reference(), generator=generator, description="evaluating sft", **common)
+    sft.kl = [0.0] * len(sft.texts)
     return {
         name: Answers(**{f: gather_shards(getattr(a, f), real) for f in Answers.__dataclass_fields__})
         for name, a in (("ppo", ppo), ("sft", sft))
@@ -66,45 +70,12 @@ def ptx_losses(trainer: PPOTrainer, texts: list[str], batch_size: int = 32) -> t
     return mean(gather_shards(losses["ppo"], real)), mean(gather_shards(losses["sft"], real))
 
 
-def compare_to_sft(trainer: PPOTrainer, conversations: list[list[dict]], sandbox: bool, batch_size: int = 100) -> dict:
-    """metrics.json's comparison of the trained policy with the SFT policy on held-out prompts."""
-    out = _answers(trainer, conversations, batch_size)
-    metrics = {
-        "eval_prompts": len(conversations),
-        "rm_score_mean": mean(out["ppo"].rm),
-        "rm_score_mean_sft": mean(out["sft"].rm),
-        "rm_win_rate_vs_sft": win_rate(out["ppo"].rm, out["sft"].rm),
-        "kl_to_sft": mean(out["ppo"].kl),
-    }
-    if not sandbox:
-        return metrics
-    prompts = [c[-1]["content"] for c in conversations]
-    ppo = score_responses(prompts, out["ppo"].texts, out["ppo"].finished)
-    sft = score_responses(prompts, out["sft"].texts, out["sft"].finished)
-    rule = rule_baseline(prompts, out["sft"].texts, out["sft"].finished)
-    families = sorted({row["family"] for row in ppo})
-
-    def wins(a: list[dict], b: list[dict], family: str | None = None) -> float:
-        pairs = [(x["gold"], y["gold"]) for x, y in zip(a, b, strict=True) if family in (None, x["family"])]
-        return win_rate([p[0] for p in pairs], [p[1] for p in pairs])
-
-    for suffix, rows in (("", ppo), ("_sft", sft), ("_rule_baseline", rule)):
-        summary = summarize(rows)
-        metrics.update(
-            {
-                f"gold_mean{suffix}": summary["gold_mean"],
-                f"gold_correctness{suffix}": summary["gold_correctness"],
-                f"gold_style{suffix}": summary["gold_style"],
-                f"gold_by_family{suffix}": summary["gold_by_family"],
-                f"gold_correctness_by_family{suffix}": summary["gold_correctness_by_family"],
-            }
-        )
-    metrics["gold_win_rate_vs_sft"] = wins(ppo, sft)
-    metrics["win_rate_vs_rule_baseline"] = wins(ppo, rule)
-    metrics["gold_win_rate_vs_sft_by_family"] = {f: wins(ppo, sft, f) for f in families}
-    metrics["win_rate_vs_rule_baseline_by_family"] = {f: wins(ppo, rule, f) for f in families}
-    metrics["samples"] = [
-        {"prompt": p, "sft": s["response"], "ppo": q["response"], "gold_sft": s["gold"], "gold_ppo": q["gold"]}
-        for p, s, q in zip(prompts, sft, ppo, strict=True)
-    ]
-    return metrics
+def compare_to_sft(
+    trainer: PPOTrainer, conversations: list[list[dict]], sandbox: bool, batch_size: int = 100, num_samples: int = 1
+) -> tuple[dict, list[dict]]:
+    """The eval stage's metrics and samples for the trained policy (`ppo`) and the SFT policy (`sft`) on held-out
+    prompts: greedy, and `num_samples` sampled answers per prompt."""
+    out = _answers(trainer, conversations, batch_size, num_samples)
+    metrics, samples = compare(conversations, out, "sft", sandbox, trainer.args.seed)
+    metrics["temperature"] = trainer.args.temperature
+    return metrics, samples

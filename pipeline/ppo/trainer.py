@@ -1,8 +1,10 @@
 """PPO's loop on accelerate: roll out -> score -> advantages -> clipped updates, checkpointed every N steps.
 
-Per rollout the policy runs once (sampling yields the log-probs), then one reference pass, one value
-pass and one reward pass over the batch in chunks; with LoRA the reference is the policy with its
-adapter disabled, and a LoRA value model's adapter-free weights are the reward model.
+Per rollout the policy runs once (sampling yields the log-probs), then one reference pass and one
+value pass over the batch in chunks, and one reward pass over the responses as the reward model was
+trained to read them (`reward_conversations`: the prompt and the decoded response through its chat
+template); with LoRA the reference is the policy with its adapter disabled, and a LoRA value model's
+adapter-free weights are the reward model.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from pipeline.distributed import weights_are_sharded
 from pipeline.errors import PipelineError
 from pipeline.ppo import checkpoint
 from pipeline.ppo.core import (
+    explained_variance,
     gae,
     kl_estimate,
     masked_mean,
@@ -37,6 +40,7 @@ from pipeline.ppo.core import (
     value_loss,
 )
 from pipeline.ppo.kl import AdaptiveKLController, FixedKLController
+from pipeline.reward import response_rewards, spearman
 from pipeline.sampling import (
     Called,
     decode,
@@ -47,7 +51,7 @@ from pipeline.sampling import (
     sample,
     sampling_generator,
 )
-from pipeline.scoring import response_values, sequence_rewards
+from pipeline.scoring import response_values
 
 logger = logging.getLogger(__name__)
 # (prompts, responses, finished) -> gold scores: the sandbox judge, logged along the run when given.
@@ -122,10 +126,17 @@ class PPOTrainer:
         reward_stats: tuple[float, float] | None = None,
         ptx_texts: list[str] | None = None,
         gold_fn: GoldFn | None = None,
+        reward_tokenizer: PreTrainedTokenizerBase | None = None,
+        prompt_groups: list[str] | None = None,
     ) -> None:
-        """`ref_policy` None: the LoRA policy with its adapter off; `reward_model` None: likewise the value model."""
+        """`ref_policy` None: the LoRA policy with its adapter off; `reward_model` None: likewise the value model.
+
+        `reward_tokenizer`: the one the reward model was trained with (default: the policy's);
+        `prompt_groups`: a label per prompt (the sandbox's task family), whose mix each update logs.
+        """
         self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
         self.prompts, self.gold_fn, self.work = prompts, gold_fn, work
+        self.reward_tokenizer, self.prompt_groups = reward_tokenizer or tokenizer, prompt_groups
         self.ref_policy, self.reward_model, self.reward_stats = ref_policy, reward_model, reward_stats
         self.query_ids = encode_prompts(tokenizer, prompts)
         if args.max_prompt_length is not None:
@@ -187,8 +198,9 @@ class PPOTrainer:
         checkpoint.keep_trainable_weights(accelerator)
 
     # Data: a fixed stream of prompt indices (a fresh permutation per pass), so a step's batch depends only on the step
-    def _batch_indices(self, step: int) -> list[int]:
-        start = step * self.batch_size + self.accelerator.process_index * self.local_batch_size
+    def _batch_indices(self, step: int, rank: int | None = None) -> list[int]:
+        rank = self.accelerator.process_index if rank is None else rank
+        start = step * self.batch_size + rank * self.local_batch_size
         orders: dict[int, list[int]] = {}
         indices = []
         for episode in range(start, start + self.local_batch_size):
@@ -199,14 +211,34 @@ class PPOTrainer:
             indices.append(orders[epoch][offset])
         return indices
 
+    def trained_groups(self) -> dict[str, int]:
+        """How many episodes of each prompt group the run's updates drew, over all processes."""
+        return dict(
+            sorted(
+                Counter(
+                    self.prompt_groups[i]
+                    for step in range(self.step)
+                    for rank in range(self.accelerator.num_processes)
+                    for i in self._batch_indices(step, rank)
+                ).items()
+            )
+        )
+
     def _sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, "sum")
 
     def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
-        """Each statistic averaged over the ranks (their batches are the same size), the same on every rank."""
+        """Each statistic averaged over the ranks (their batches are the same size), a `_max` one maximised;
+        the same on every rank."""
         names = sorted(stats)
         values = torch.tensor([stats[name] for name in names], dtype=torch.float64, device=self.accelerator.device)
-        return dict(zip(names, self.accelerator.reduce(values, "mean").tolist(), strict=True))
+        reduced = self.accelerator.reduce(values, "mean")
+        if self.accelerator.num_processes > 1:
+            highest = values.clone()
+            torch.distributed.all_reduce(highest, op=torch.distributed.ReduceOp.MAX)
+            is_max = torch.tensor([name.endswith("_max") for name in names], device=values.device)
+            reduced = torch.where(is_max, highest, reduced)
+        return dict(zip(names, reduced.tolist(), strict=True))
 
     def _stop_if_not_finite(self, **quantities: torch.Tensor | None) -> None:
         """A NaN or inf on any rank stops the run on every rank, before the update it would spoil."""
@@ -257,7 +289,7 @@ class PPOTrainer:
 
     @torch.no_grad()
     def generate_and_score(self, queries: torch.Tensor, query_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Sampled responses with their log-probs and entropies, the reference's log-probs, the values, the RM scores.
+        """Sampled responses with their log-probs and entropies, the reference's log-probs, and the values.
 
         In chunks of `local_rollout_forward_batch_size`; responses are cut to the longest one.
         """
@@ -287,9 +319,6 @@ class PPOTrainer:
                 with disabled():
                     ref_logprobs, _ = response_logprobs(reference, q, qm, responses, mask, args.temperature)
                 values = response_values(value_model, q, qm, responses, mask)
-                reward_model, disabled = self.reward()
-                with disabled():
-                    scores = sequence_rewards(reward_model, q, qm, responses, mask)
                 pad_to = args.response_length - responses.shape[1]
                 for name, tensor in (
                     ("responses", responses),
@@ -301,10 +330,22 @@ class PPOTrainer:
                 ):
                     fill = pad if name == "responses" else 0
                     parts[name].append(torch.nn.functional.pad(tensor, (0, pad_to), value=fill))
-                parts["scores"].append(scores)
         batch = {name: torch.cat(tensors) for name, tensors in parts.items()}
         width = int(batch["mask"].sum(1).max())
-        return {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
+        return {k: v[:, :width] for k, v in batch.items()}
+
+    @torch.no_grad()
+    def rm_scores(self, prompts: list[list[dict]], responses: list[str]) -> torch.Tensor:
+        """The reward model's score of each response, on the very sequence it was trained on."""
+        with self.accelerator.autocast():
+            scores = response_rewards(
+                self.reward(),
+                self.reward_tokenizer,
+                prompts,
+                responses,
+                self.args.local_rollout_forward_batch_size,
+            )
+        return torch.tensor(scores, device=self.accelerator.device)
 
     def _scores(self, rm_scores: torch.Tensor, gold: torch.Tensor | None) -> torch.Tensor:
         """The score each response earns: the RM's, normalised by its training statistics, or the gold diagnostic's."""
@@ -325,9 +366,11 @@ class PPOTrainer:
         mask = batch["mask"]
         texts, finished = decode(self.tokenizer, batch["responses"], mask, self.stop_token_id)
         has_stop = torch.tensor(finished, device=device)
+        prompts = [self.prompts[i] for i in indices]
+        batch["scores"] = self.rm_scores(prompts, texts)
         gold = None
         if self.gold_fn is not None:
-            gold = torch.tensor(self.gold_fn([self.prompts[i] for i in indices], texts, finished), device=device)
+            gold = torch.tensor(self.gold_fn(prompts, texts, finished), device=device)
 
         # Rewards: the score at the last token less the EOS penalty, the KL penalty on every token
         kl = kl_estimate(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator) * mask
@@ -338,6 +381,7 @@ class PPOTrainer:
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=self._sum_over_ranks)
         advantages, returns = gae(rewards, batch["values"], mask, args.gamma, args.lam)
+        explained = explained_variance(batch["values"], returns, mask)
         advantages = masked_whiten(advantages, mask, reduce=self._sum_over_ranks)
         self._stop_if_not_finite(reward=rewards, advantage=advantages)
 
@@ -350,9 +394,15 @@ class PPOTrainer:
             "objective/token_entropy": masked_mean(batch["entropy"], mask).item(),
             "val/response_length": mask.sum(1).mean().item(),
             "val/eos_fraction": has_stop.float().mean().item(),
+            "val/explained_variance": explained,
         }
         if gold is not None:
             stats["objective/gold"] = gold.mean().item()
+            # Does the RM still order the rollouts as gold does? A falling value flags reward hacking
+            stats["objective/rm_gold_spearman"] = spearman(batch["scores"].tolist(), gold.tolist())
+        if self.prompt_groups is not None:
+            groups = Counter(self.prompt_groups[i] for i in indices)
+            stats.update({f"prompts/{g}": groups[g] / len(indices) for g in sorted(set(self.prompt_groups))})
         rollout = Rollout(
             queries,
             query_mask,
@@ -403,6 +453,9 @@ class PPOTrainer:
                                 for name, model in (("policy", self.policy), ("value", self.value_model))
                             }
                             self._stop_if_not_finite(**norms)
+                            for name, norm in norms.items():
+                                if norm is not None:
+                                    collected[f"{name.split('_')[0]}/grad_norm"].append(float(norm))
                         self.optimizer.step()
                         if accelerator.sync_gradients and not self.optimizer.step_was_skipped:
                             self.scheduler.step()
@@ -412,7 +465,10 @@ class PPOTrainer:
                     collected["policy/entropy"].append(masked_mean(entropy.detach(), part.mask).item())
                     for name, value in {**pg_stats, **vf_stats}.items():
                         collected[name].append(value.item())
-        stats = {name: sum(values) / len(values) for name, values in collected.items()}
+        stats = {
+            name: max(values) if name.endswith("_max") else sum(values) / len(values)
+            for name, values in collected.items()
+        }
         stats["lr"] = self.scheduler.get_last_lr()[0]
         return stats
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from statistics import mean
 
 from pipeline.sandbox.judge import gold_components
@@ -11,6 +12,24 @@ from pipeline.sandbox.tasks import parse_prompt
 def is_sandbox(conversations: list[list[dict]]) -> bool:
     """Whether every conversation ends with a sandbox task, which the gold judge can score."""
     return all(parse_prompt(c[-1]["content"]) is not None for c in conversations)
+
+
+def family(conversation: list[dict]) -> str:
+    """The task family of a sandbox conversation's last message."""
+    return parse_prompt(conversation[-1]["content"]).family
+
+
+def balanced_indices(conversations: list[list[dict]]) -> list[int]:
+    """Indices that give every task family as many prompts as the largest one, families interleaved.
+
+    A smaller family's prompts recur in turn (the label stage's rule), so a sampler drawing uniformly
+    from them draws each family equally often.
+    """
+    members: dict[str, list[int]] = defaultdict(list)
+    for index, conversation in enumerate(conversations):
+        members[family(conversation)].append(index)
+    size = max(map(len, members.values()))
+    return [members[f][i % len(members[f])] for i in range(size) for f in sorted(members)]
 
 
 def gold_rewards(conversations: list[list[dict]], responses: list[str], finished: list[bool]) -> list[float]:

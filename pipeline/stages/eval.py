@@ -1,8 +1,10 @@
-"""Compare policies on held-out prompts: gold and win-rates in the sandbox, RM scores and KL everywhere.
+"""Compare policies on held-out prompts: gold in the sandbox, RM scores and KL everywhere, with 95% intervals.
 
-Every policy answers the same prompts greedily. The reference policy (usually SFT) gives the KL
-baseline and, in the sandbox, the rule baseline: its answers with the filler cut by a fixed rule.
-Without a gold judge (real data) the reward model is the judge, and the samples sit side by side.
+Every policy answers the same prompts greedily and `num_samples` times at `temperature`. The reference
+policy (usually SFT) gives the KL baseline, the best-of-n frontier (`best_of_n` samples per prompt,
+picked by the reward model) and, in the sandbox, the rule baseline: its answers with the filler cut
+by a fixed rule. Without a gold judge (real data) the reward model is the judge, and the samples sit
+side by side.
 """
 
 from __future__ import annotations
@@ -10,21 +12,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean
 
 from trl import ModelConfig
 
 from pipeline import outputs
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
-from pipeline.evaluation import Answers, answer, rule_baseline, win_rate
-from pipeline.models import load_policy, load_scorer, load_tokenizer, require_same_vocabulary
+from pipeline.evaluation import RULE, Answers, answer, compare
+from pipeline.models import load_policy, load_scorer, load_tokenizer, require_same_vocabulary, reward_tokenizer
 from pipeline.sampling import plain, sampling_generator
-from pipeline.sandbox.evaluation import is_sandbox, score_responses, summarize
-from pipeline.sandbox.tasks import parse_prompt, test_prompts
+from pipeline.sandbox.evaluation import is_sandbox
+from pipeline.sandbox.tasks import test_prompts
 
 logger = logging.getLogger(__name__)
-RULE = "rule"  # the reference's answers with the filler removed
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,10 @@ class EvalConfig:
     prompts_card: str | None = None
     data_files: str | None = None
     split: str = "test"
-    num_prompts: int = 200
+    num_prompts: int = 1000
     max_new_tokens: int = 32
+    num_samples: int = 4
+    best_of_n: int = 16
     temperature: float = 1.0
     batch_size: int = 100
     seed: int = 0
@@ -66,46 +68,69 @@ def _prompts(config: EvalConfig) -> list[list[dict]]:
     return list(rows["prompt"])
 
 
-def _win_rates(scores: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    """Row beats column, ties half."""
-    return {a: {b: win_rate(scores[a], scores[b]) for b in scores if b != a} for a in scores}
+def _cell(value: float | dict | None) -> str:
+    """A number, or a mean with its interval."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return f"{value['mean']:.3f} [{value['ci'][0]:.3f}, {value['ci'][1]:.3f}]"
+    return f"{value:.3f}"
 
 
 def _markdown(metrics: dict, samples: list[dict]) -> str:
     names = metrics["names"]
     policies = {name: metrics["policies"][name] for name in names}
     columns = [
-        ("gold", "gold_mean"),
+        ("gold (greedy)", "gold"),
+        ("gold (sampled)", "gold_sampled"),
         ("correctness", "gold_correctness"),
         ("style", "gold_style"),
         ("exact match", "exact_match"),
-        ("RM score", "rm_score_mean"),
+        ("RM score (greedy)", "rm_score"),
+        ("RM score (sampled)", "rm_sampled"),
         (f"KL to {metrics['reference']}", "kl_to_reference"),
         ("tokens", "response_tokens_mean"),
         ("ends with EOS", "finished_fraction"),
     ]
     columns = [(title, key) for title, key in columns if any(p.get(key) is not None for p in policies.values())]
-
-    def cell(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3f}"
-
-    lines = [f"# Evaluation on {metrics['prompts']} held-out prompts (greedy)", ""]
+    samples_per_prompt = ", ".join(f"{n} {k}" for n, k in metrics["samples_per_prompt"].items())
+    lines = [
+        f"# Evaluation on {metrics['prompts']} held-out prompts",
+        "",
+        f"Greedy answers, and answers sampled at T = {metrics['temperature']} ({samples_per_prompt} per prompt). "
+        "Brackets: 95% bootstrap intervals over prompts; differences and win-rates are paired by prompt.",
+        "",
+    ]
     lines += ["| policy | " + " | ".join(t for t, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {n} | " + " | ".join(cell(p.get(k)) for _, k in columns) + " |" for n, p in policies.items()]
-    for title, key in (("Gold win-rate", "gold_win_rate"), ("RM-judged win-rate", "rm_win_rate")):
+    lines += [f"| {n} | " + " | ".join(_cell(p.get(k)) for _, k in columns) + " |" for n, p in policies.items()]
+    tables = (
+        ("Gold difference, greedy (row minus column)", "gold_difference"),
+        ("Gold difference, sampled (row minus column)", "gold_sampled_difference"),
+        ("Gold win-rate (row beats column, ties half)", "gold_win_rate"),
+        ("RM-judged win-rate (row beats column, ties half)", "rm_win_rate"),
+    )
+    for title, key in tables:
         table = metrics.get(key)
         if not table:
             continue
         order = [name for name in names if name in table]
-        lines += ["", f"## {title} (row beats column, ties half)", ""]
+        lines += ["", f"## {title}", ""]
         lines += ["| | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
-        lines += [f"| {a} | " + " | ".join(cell(table[a].get(b)) for b in order) + " |" for a in order]
+        lines += [f"| {a} | " + " | ".join(_cell(table[a].get(b)) for b in order) + " |" for a in order]
+    if metrics.get("best_of_n"):
+        lines += ["", f"## Best-of-n of {metrics['reference']}'s samples, picked by the reward model", ""]
+        lines += ["| n | KL (nats) | RM score | gold | gold minus greedy | gold if gold picked |", "|---" * 6 + "|"]
+        lines += [
+            f"| {p['n']} | {p['kl']:.3f} | {p['rm_picked_rm']:.3f} | {_cell(p['rm_picked_gold'])} | "
+            f"{_cell(p['rm_picked_gold_minus_greedy'])} | {p['gold_picked_gold']:.3f} |"
+            for p in metrics["best_of_n"]
+        ]
     by_family = {n: p["gold_by_family"] for n, p in policies.items() if "gold_by_family" in p}
     if by_family:
         families = sorted(next(iter(by_family.values())))
-        lines += ["", "## Gold per task family", "", "| policy | " + " | ".join(families) + " |"]
+        lines += ["", "## Gold per task family (greedy)", "", "| policy | " + " | ".join(families) + " |"]
         lines += ["|---" * (len(families) + 1) + "|"]
-        lines += [f"| {n} | " + " | ".join(cell(f[x]) for x in families) + " |" for n, f in by_family.items()]
+        lines += [f"| {n} | " + " | ".join(_cell(f[x]) for x in families) + " |" for n, f in by_family.items()]
     lines += ["", "## Samples", "", "| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for row in samples[:14]:
         cells = [row["prompt"]] + [row[n] or "(empty)" for n in names]
@@ -117,8 +142,15 @@ def run(config: EvalConfig) -> dict:
     names = list(config.policies)
     if config.reference is not None and config.reference not in config.policies:
         raise PipelineError(f"--reference {config.reference!r} is not one of the policies {names}")
+    for key in ("num_prompts", "batch_size"):
+        if getattr(config, key) < 1:
+            raise PipelineError(f"--{key} must be at least 1, got {getattr(config, key)}")
+    for key in ("num_samples", "best_of_n"):
+        if getattr(config, key) < 0:
+            raise PipelineError(f"--{key} must be 0 or more, got {getattr(config, key)}")
+    if (config.num_samples or config.best_of_n) and not config.temperature > 0:
+        raise PipelineError(f"--temperature must be above 0 to sample answers, got {config.temperature}")
     conversations = _prompts(config)
-    user_messages = [c[-1]["content"] for c in conversations]
     sandbox = is_sandbox(conversations)
     recipe = {k: v for k, v in vars(config).items() if k != "output_dir"}
     work, _ = outputs.start(config.output_dir, "eval", recipe)
@@ -128,20 +160,22 @@ def run(config: EvalConfig) -> dict:
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=config.policies[base_name]), config.trust_remote_code)
     for name, path in config.policies.items():
         require_same_vocabulary(tokenizer, path, name, base_name, config.trust_remote_code)
-    if config.reward_model is not None:
-        require_same_vocabulary(tokenizer, config.reward_model, "the reward model", base_name, config.trust_remote_code)
     reference = None
     if config.reference is not None:
         reference = load_policy(config.policies[config.reference], model_args, config.trust_remote_code).eval()
-    reward_model = None
+    reward_model, rm_tokenizer = None, None
     if config.reward_model is not None:
+        require_same_vocabulary(tokenizer, config.reward_model, "the reward model", base_name, config.trust_remote_code)
         reward_model = load_scorer(config.reward_model, model_args, tokenizer.pad_token_id, config.trust_remote_code)
         reward_model.eval()
+        rm_tokenizer = reward_tokenizer(config.reward_model, tokenizer, config.trust_remote_code)
 
     answers: dict[str, Answers] = {}
     for name, path in config.policies.items():
-        policy = reference if name == config.reference else load_policy(path, model_args, config.trust_remote_code)
-        kl_reference = None if name == config.reference or reference is None else plain(reference)
+        is_reference = name == config.reference
+        policy = reference if is_reference else load_policy(path, model_args, config.trust_remote_code)
+        # The reference draws enough samples for best-of-n (its sampled gold uses them all)
+        num_samples = max(config.num_samples, config.best_of_n if is_reference and reward_model else 0)
         answers[name] = answer(
             plain(policy.eval()),
             tokenizer,
@@ -149,54 +183,19 @@ def run(config: EvalConfig) -> dict:
             config.max_new_tokens,
             config.batch_size,
             tokenizer.eos_token_id,
-            reward_model=None if reward_model is None else plain(reward_model),
-            reference=kl_reference,
+            num_samples=num_samples,
             temperature=config.temperature,
             generator=sampling_generator(policy.device, config.seed),
+            reward_model=None if reward_model is None else plain(reward_model),
+            reward_tokenizer=rm_tokenizer,
+            reference=None if is_reference or reference is None else plain(reference),
             description=f"evaluating {name}",
         )
-        if name == config.reference and reference is not None:
+        if is_reference:
             answers[name].kl = [0.0] * len(conversations)
 
-    policies: dict[str, dict] = {}
-    for name, a in answers.items():
-        policies[name] = {
-            "response_tokens_mean": mean(a.tokens),
-            "finished_fraction": mean(map(float, a.finished)),
-            "rm_score_mean": mean(a.rm) if a.rm else None,
-            "kl_to_reference": mean(a.kl) if a.kl else None,
-        }
-    metrics: dict = {"prompts": len(conversations), "reference": config.reference, "policies": policies}
-    samples = [{"prompt": p} for p in user_messages]
-    for name, a in answers.items():
-        for row, text in zip(samples, a.texts, strict=True):
-            row[name] = text
-    if sandbox:
-        scored = {n: score_responses(user_messages, a.texts, a.finished) for n, a in answers.items()}
-        if config.reference is not None:
-            ref = answers[config.reference]
-            scored[RULE] = rule_baseline(user_messages, ref.texts, ref.finished)
-            policies[RULE] = {}
-            for row, rule in zip(samples, scored[RULE], strict=True):
-                row[RULE] = rule["response"]
-        tasks = [parse_prompt(p) for p in user_messages]
-        for name, rows in scored.items():
-            policies[name].update(summarize(rows))
-            policies[name]["exact_match"] = mean(
-                float(r["response"] in t.answers) for r, t in zip(rows, tasks, strict=True)
-            )
-            for row, scored_row in zip(samples, rows, strict=True):
-                row["family"] = scored_row["family"]
-                row[f"gold_{name}"] = scored_row["gold"]
-        metrics["gold_win_rate"] = _win_rates({n: [r["gold"] for r in rows] for n, rows in scored.items()})
-    if reward_model is not None:
-        metrics["rm_win_rate"] = _win_rates({n: a.rm for n, a in answers.items()})
-        for name, a in answers.items():
-            for row, score in zip(samples, a.rm, strict=True):
-                row[f"rm_{name}"] = score
-
-    # metrics.json sorts its keys; this keeps the order the policies were given in
-    metrics["names"] = names + ([RULE] if RULE in policies else [])
+    metrics, samples = compare(conversations, answers, config.reference, sandbox, config.seed)
+    metrics["temperature"] = config.temperature
     outputs.write_jsonl(work / outputs.EVAL_SAMPLES_FILE, samples)
     (work / outputs.EVAL_REPORT_FILE).write_text(_markdown(metrics, samples))
     outputs.write_metrics(work, metrics)

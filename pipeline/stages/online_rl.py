@@ -1,12 +1,15 @@
 """RLOO and GRPO with TRL's own trainers, on the same prompts and reward model as our PPO.
 
 Both sample several responses per prompt and use the others' rewards as the baseline, so they need
-no value model. The reward model is their reward function, read at the last real token as in every
-other stage (`pipeline.scoring`); in the sandbox the gold judge rides along with weight 0, so its
+no value model. The reward model is their reward function, reading each answer as in every other
+stage (`pipeline.reward.reward_conversations`); in the sandbox the gold judge rides along with weight 0, so its
 score is logged (`rewards/gold/mean`) without steering the training.
 """
 
 from __future__ import annotations
+
+import logging
+from collections import Counter
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
@@ -14,17 +17,26 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, g
 from pipeline.configs import RewardModelArguments, ScriptArguments
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
-from pipeline.models import load_causal_lm, load_scorer, load_tokenizer, require_same_vocabulary
-from pipeline.reward import reward_scores
-from pipeline.sandbox.evaluation import gold_rewards, is_sandbox
+from pipeline.models import (
+    load_causal_lm,
+    load_scorer,
+    load_tokenizer,
+    require_same_vocabulary,
+    reward_tokenizer,
+)
+from pipeline.reward import response_rewards
+from pipeline.sampling import plain
+from pipeline.sandbox.evaluation import balanced_indices, family, gold_rewards, is_sandbox
 from pipeline.stages.common import start_work, train_evaluate_save
+
+logger = logging.getLogger(__name__)
 
 
 def _reward_model_reward(scorer: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
-    """The reward model as a TRL reward function (logged as `rewards/reward_model`) of the chat-templated text."""
+    """The reward model as a TRL reward function (logged as `rewards/reward_model`), reading what it was trained on."""
 
     def reward_model(prompts: list[list[dict]], completions: list[list[dict]], **_) -> list[float]:
-        return reward_scores(scorer, tokenizer, [p + c for p, c in zip(prompts, completions, strict=True)])
+        return response_rewards(plain(scorer), tokenizer, prompts, [c[0]["content"].strip() for c in completions])
 
     return reward_model
 
@@ -61,6 +73,13 @@ def run(
         raise PipelineError(f"{script_args.dataset_card}: the {stage} stage needs a prompts card (a prompt column)")
     prompts = prompts.select_columns(["prompt"])
     sandbox = is_sandbox(prompts["prompt"])
+    family_mix = None
+    if sandbox and script_args.balance_families:
+        prompts = prompts.select(balanced_indices(prompts["prompt"]))
+    if sandbox:
+        # TRL's sampler draws uniformly from these prompts: their mix is what the run trains on, in expectation
+        family_mix = dict(sorted(Counter(family(p) for p in prompts["prompt"]).items()))
+        logger.info("%d prompts, by task family: %s", len(prompts), family_mix)
 
     # Models: the SFT policy (full or LoRA) and the frozen reward model, plus the gold judge in the sandbox
     tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
@@ -76,7 +95,8 @@ def run(
     reward_model = load_scorer(
         reward_args.reward_model_path, model_args, tokenizer.pad_token_id, training_args.trust_remote_code
     )
-    reward_funcs, reward_tokenizers = [_reward_model_reward(reward_model, tokenizer)], [None]
+    rm_tokenizer = reward_tokenizer(reward_args.reward_model_path, tokenizer, training_args.trust_remote_code)
+    reward_funcs, reward_tokenizers = [_reward_model_reward(reward_model, rm_tokenizer)], [None]
     if sandbox:
         reward_funcs.append(_gold_reward(tokenizer.eos_token_id))
         reward_tokenizers.append(None)
@@ -93,4 +113,5 @@ def run(
         peft_config=get_peft_config(model_args),
     )
     reward_model.to(trainer.accelerator.device)
-    return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir)
+    evaluate = (lambda _: {"prompt_family_mix": family_mix}) if family_mix else None
+    return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir, evaluate)

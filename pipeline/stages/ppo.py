@@ -31,10 +31,11 @@ from pipeline.models import (
     load_tokenizer,
     prepare_quantized,
     require_same_vocabulary,
+    reward_tokenizer,
 )
 from pipeline.ppo.evaluation import compare_to_sft, ptx_losses
 from pipeline.ppo.trainer import PPOTrainer
-from pipeline.sandbox.evaluation import gold_rewards, is_sandbox
+from pipeline.sandbox.evaluation import balanced_indices, family, gold_rewards, is_sandbox
 from pipeline.sandbox.tasks import test_prompts
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     )
     prompts = [row["prompt"] for row in prompt_rows]
     sandbox = is_sandbox(prompts)
+    if sandbox and script_args.balance_families:
+        prompts = [prompts[i] for i in balanced_indices(prompts)]
     if args.gold_reward_scale and not sandbox:
         raise PipelineError(f"gold_reward_scale needs sandbox prompts, and {script_args.dataset_card} has others")
     ptx_texts = None
@@ -154,6 +157,8 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         reward_stats=_reward_stats(args),
         ptx_texts=ptx_texts,
         gold_fn=gold_rewards if sandbox else None,
+        reward_tokenizer=reward_tokenizer(args.reward_model_path, tokenizer, args.trust_remote_code),
+        prompt_groups=[family(p) for p in prompts] if sandbox else None,
     )
     logger.info(
         "%d updates of %d episodes (%d per process: %d mini-batches of %d per device x %d accumulation)",
@@ -190,18 +195,22 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         "final_kl_coef": trainer.kl_controller.value,
         "num_processes": accelerator.num_processes,
     }
+    if sandbox:
+        metrics["trained_family_mix"] = trainer.trained_groups()
     if accelerator.num_processes > 1 and not trainer.sharded:
         metrics["rank_divergence"] = rank_divergence(accelerator.unwrap_model(trainer.model))
     # Every rank evaluates its share of the prompts (with training's mixed precision); ZeRO-3 and FSDP
     # gather the weights to save them
     with accelerator.autocast():
-        metrics.update(compare_to_sft(trainer, held_out, sandbox, script_args.sandbox_eval_batch_size))
+        metrics["eval"], samples = compare_to_sft(
+            trainer, held_out, sandbox, script_args.sandbox_eval_batch_size, script_args.sandbox_eval_samples
+        )
         if args.ptx_dataset_card:
             ptx_eval, _ = load_card(args.ptx_dataset_card, args.ptx_eval_split, max_rows=200)
             metrics["ptx_loss"], metrics["ptx_loss_sft"] = ptx_losses(trainer, ptx_eval["text"])
     state_dict = accelerator.get_state_dict(trainer.model)  # gathered on the main process
     if accelerator.is_main_process:
-        outputs.write_jsonl(work / outputs.PPO_SAMPLES_FILE, metrics.pop("samples", []))
+        outputs.write_jsonl(work / outputs.PPO_SAMPLES_FILE, samples)
         policy_weights = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
         trainer.policy.save_pretrained(str(work), state_dict=policy_weights)
         tokenizer.save_pretrained(str(work))

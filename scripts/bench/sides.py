@@ -217,7 +217,7 @@ def ppo_ours(spec: Spec) -> dict:
 
     phases, figures = Phases(), {}
     phases.wrap(ours, "sample", "rollout")
-    for name in ("response_logprobs", "response_values", "sequence_rewards"):
+    for name in ("response_logprobs", "response_values", "response_rewards"):
         phases.wrap(ours, name, "scoring", no_grad_only=True)
     train = ours.PPOTrainer.train
 

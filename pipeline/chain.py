@@ -67,10 +67,11 @@ def smollm2_steps(run_dir: Path) -> list[Step]:
     recipes = Path("recipes/smollm2-135m")
     merged = run_dir / "sft_merged"
     steps = _import_sft_merge(d["base"], _recipe(recipes, "sft"), d["sft"], merged, ("gold_mean", "gold"))
-    # 100 held-out prompts, greedy answers of up to 24 tokens: ~1 minute a policy on 2 cores
+    # 100 held-out prompts, answers of up to 24 tokens: greedy, 4 sampled (SFT: 16, for best-of-n)
     eval_options = ("--num_prompts", "100", "--max_new_tokens", "24", "--batch_size", "50")
+    eval_options += ("--num_samples", "4", "--best_of_n", "16")
     return steps + _after_sft(
-        recipes, d, merged, ["base", "sft", "ppo"], ptx_optional=True, trl_online_rl=False, eval_options=eval_options
+        recipes, d, merged, ["sft", "ppo"], ptx_optional=True, trl_online_rl=False, eval_options=eval_options
     )
 
 
@@ -83,7 +84,7 @@ def smollm2_hh_steps(run_dir: Path) -> list[Step]:
     base, merged = Path("outputs/smollm2/base"), run_dir / "sft_merged"
     held_out = ("--prompts_card", "data_cards/hh_rlhf.md", "--data_files", HH_RLHF_FILE, "--split", "train[2000:]")
     evaluate = ("eval", "--policies", f"sft={merged}", f"ppo={d['ppo']}", "--reward_model", str(d["rm"]))
-    evaluate += (*held_out, "--num_prompts", "16", "--max_new_tokens", "48", "--batch_size", "16")
+    evaluate += (*held_out, "--num_prompts", "32", "--max_new_tokens", "48", "--batch_size", "16", "--num_samples", "1")
     sft = _recipe(recipes, "sft", "hh_rlhf")
     return [
         *_import_sft_merge(base, sft, d["sft"], merged, ("train_loss", "train loss")),

@@ -94,14 +94,15 @@ def test_each_chains_recipes_read_exactly_the_outputs_the_chain_declares(name):
         made.add(step.output)
 
 
-def test_the_smollm2_chain_merges_its_sft_adapter_and_evaluates_the_imported_model(tmp_path):
+def test_the_smollm2_chain_merges_its_sft_adapter_and_evaluates_sft_and_ppo_with_best_of_n(tmp_path):
     steps = {step.name: step for step in chain.smollm2_steps(tmp_path)}
     assert [s.name for s in chain.needed_for(list(steps.values()), "rm")] == ["import", "sft", "merge", "label", "rm"]
     assert steps["merge"].argv == ("merge", str(tmp_path / "sft"), "--output_dir", str(tmp_path / "sft_merged"))
     policies = steps["eval"].argv[
         steps["eval"].argv.index("--policies") + 1 : steps["eval"].argv.index("--reward_model")
     ]
-    assert policies == (f"base={tmp_path / 'base'}", f"sft={tmp_path / 'sft_merged'}", f"ppo={tmp_path / 'ppo'}")
+    assert policies == (f"sft={tmp_path / 'sft_merged'}", f"ppo={tmp_path / 'ppo'}")
+    assert steps["eval"].argv[steps["eval"].argv.index("--best_of_n") + 1] == "16"
     assert not steps["ppo-ptx"].in_whole_chain  # optional here, unlike the sandbox demo
     assert chain.steps_for(tmp_path / "smollm2")[0].name == "import"
     assert [s.name for s in chain.steps_for(tmp_path / "smollm2-hh")] == ["import", "sft", "merge", "rm", "ppo", "eval"]

@@ -174,8 +174,9 @@ def run(config: EvalConfig) -> dict:
     for name, path in config.policies.items():
         is_reference = name == config.reference
         policy = reference if is_reference else load_policy(path, model_args, config.trust_remote_code)
-        # The reference draws enough samples for best-of-n (its sampled gold uses them all)
-        num_samples = max(config.num_samples, config.best_of_n if is_reference and reward_model else 0)
+        # In the sandbox the reference draws enough samples for best-of-n (its sampled gold uses them all)
+        frontier = is_reference and sandbox and reward_model is not None
+        num_samples = max(config.num_samples, config.best_of_n if frontier else 0)
         answers[name] = answer(
             plain(policy.eval()),
             tokenizer,

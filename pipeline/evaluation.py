@@ -16,9 +16,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.intervals import best_of_n, best_of_n_kl, differences, interval, wins
+from pipeline.intervals import best_of_n, best_of_n_kl, best_of_n_sample_kl, differences, interval, wins
 from pipeline.outputs import SANDBOX_SAMPLES_FILE, write_jsonl
-from pipeline.reward import response_rewards
+from pipeline.reward import RewardReader, response_rewards
 from pipeline.sampling import Called, decode, encode_prompts, generate, left_pad, response_logprobs, sample
 from pipeline.sandbox.evaluation import gold_rewards, score_responses, summarize
 from pipeline.sandbox.judge import strip_filler
@@ -64,7 +64,7 @@ def answer(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     reward_model: Called | None = None,
-    reward_tokenizer: PreTrainedTokenizerBase | None = None,
+    reward_reader: RewardReader | None = None,
     reference: Called | None = None,
     synced: bool = False,
     description: str = "evaluating",
@@ -79,7 +79,7 @@ def answer(
     def rewards(prompts: list[list[dict]], texts: list[str]) -> list[float]:
         if reward_model is None:
             return []
-        return response_rewards(reward_model, reward_tokenizer or tokenizer, prompts, texts, batch_size)
+        return response_rewards(reward_model, reward_reader or RewardReader(tokenizer), prompts, texts, batch_size)
 
     for start in tqdm(range(0, len(conversations), batch_size), desc=description, unit="batch", disable=not progress):
         chunk = conversations[start : start + batch_size]
@@ -123,13 +123,16 @@ def _pairs(per_prompt: dict[str, list[float]], statistic: Callable, seed: int) -
     }
 
 
-def _frontier(
-    gold: list[list[float]] | None, rm: list[list[float]], greedy_gold: list[float] | None, seed: int
-) -> list:
-    """Best-of-n of the reference's samples for n = 1..N, picked by the RM and by gold, against its KL."""
-    points = []
+def _frontier(reference: Answers, gold: list[list[float]], greedy_gold: list[float], seed: int) -> list[dict]:
+    """Best-of-n of the reference's samples for n = 1..N, picked by the RM (raw score) and by gold, against KL.
+
+    `kl`: per prompt, best-of-n's KL with the policy taken to be its N samples, averaged; `kl_bound`:
+    log n - (n - 1) / n, what it would be if no two samples were alike.
+    """
+    rm, points = reference.samples_rm, []
     for n in range(1, len(rm[0]) + 1):
-        point = {"n": n, "kl": best_of_n_kl(n)}
+        kl = mean(best_of_n_sample_kl(r, texts, n) for r, texts in zip(rm, reference.samples, strict=True))
+        point = {"n": n, "kl": kl, "kl_bound": best_of_n_kl(n)}
         picked = [best_of_n(r, g, n) for r, g in zip(rm, gold, strict=True)]
         point["rm_picked_rm"] = mean(best_of_n(r, r, n) for r in rm)
         point["rm_picked_gold"] = interval(picked, seed)
@@ -165,7 +168,7 @@ def compare(
         if a.rm:
             policies[name]["rm_score"] = interval(a.rm, seed)
         if a.samples_rm:
-            policies[name]["rm_sampled"] = interval([mean(r) for r in a.samples_rm], seed)
+            policies[name]["rm_score_sampled"] = interval([mean(r) for r in a.samples_rm], seed)
         if a.kl:
             policies[name]["kl_to_reference"] = interval(a.kl, seed)
         for row, text, score in zip(samples, a.texts, a.rm or [None] * len(samples), strict=True):
@@ -222,7 +225,7 @@ def compare(
     }
     ref = answers.get(reference) if reference is not None else None
     if ref is not None and ref.samples_rm and len(ref.samples[0]) > 1:
-        metrics["best_of_n"] = _frontier(sampled[reference], ref.samples_rm, gold[reference], seed)
+        metrics["best_of_n"] = _frontier(ref, sampled[reference], gold[reference], seed)
     metrics["names"] = names + ([RULE] if RULE in policies else [])
     return metrics, samples
 

@@ -91,16 +91,6 @@ def require_same_vocabulary(
         )
 
 
-def reward_tokenizer(
-    path: str, policy_tokenizer: PreTrainedTokenizerBase, trust_remote_code: bool = False
-) -> PreTrainedTokenizerBase:
-    """The tokenizer a reward model was trained with (its chat template renders what it reads), else the policy's."""
-    folder = Path(path)
-    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        return policy_tokenizer
-    return load_tokenizer(ModelConfig(model_name_or_path=path), trust_remote_code)
-
-
 def adapter_base(path: str | Path) -> str:
     """The base model a LoRA adapter folder was trained on."""
     return json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"]

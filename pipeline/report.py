@@ -125,7 +125,7 @@ def reward_vs_kl(runs: dict[str, list[dict]], evaluation: dict, figures: Path) -
         return None
     figure, axes = plt.subplots(1, 2, figsize=(12, 5))
     panels = (
-        ("score", "rm_sampled", "rm_picked_rm", "Proxy: reward-model score"),
+        ("score", "rm_score_sampled", "rm_picked_rm", "Proxy: reward-model score"),
         ("gold", "gold_sampled", "rm_picked_gold", "Gold score"),
     )
     for ax, (key, end_key, frontier_key, title) in zip(axes, panels, strict=True):
@@ -200,7 +200,8 @@ def _headline(evaluation: dict) -> list[str]:
     lines = [
         f"On {evaluation['prompts']} held-out prompts; gold = the sandbox judge (0.5 correctness + 0.5 style); "
         "brackets: 95% bootstrap intervals over prompts, paired by prompt for differences. "
-        f"{reference}: gold {ref['gold']['mean']:.3f} greedy, {ref['gold_sampled']['mean']:.3f} sampled.",
+        f"{reference}: gold {ref['gold']['mean']:.3f} greedy"
+        + (f", {ref['gold_sampled']['mean']:.3f} sampled." if "gold_sampled" in ref else "."),
         "",
     ]
     for name in evaluation.get("names", list(policies)):
@@ -212,6 +213,8 @@ def _headline(evaluation: dict) -> list[str]:
         if name in evaluation.get("gold_sampled_difference", {}):
             line += ", " + figure(evaluation["gold_sampled_difference"][name][reference]) + " sampled"
         line += f"; gold win-rate {figure(evaluation['gold_win_rate'][name][reference])}"
+        if name != "rule" and "rule" in evaluation["gold_win_rate"][name]:
+            line += f", against the rule baseline {figure(evaluation['gold_win_rate'][name]['rule'])}"
         if "kl_to_reference" in policy:
             line += f"; KL to {reference} {policy['kl_to_reference']['mean']:.2f} nats"
         lines.append(line)

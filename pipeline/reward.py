@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate.utils import pad_across_processes
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
-from trl import RewardTrainer
+from trl import ModelConfig, RewardTrainer
 
+from pipeline.data.fitting import keep_last_turns, templated_length
+from pipeline.models import TOKENIZER_FILES, load_tokenizer
+from pipeline.outputs import RECIPE_FILE
 from pipeline.sampling import Called
 from pipeline.scoring import score_sequences
 
@@ -117,14 +123,49 @@ class GroupedRewardTrainer(RewardTrainer):
         return self.accelerator.prepare(loader)
 
 
-def reward_conversations(prompts: list[list[dict]], responses: list[str]) -> list[list[dict]]:
+@dataclass(frozen=True)
+class RewardReader:
+    """How a reward model reads a response: the tokenizer (and chat template) it trained with, and its
+    `max_length`, beyond which its training data lost a prompt's earliest turns or the row (data/fitting.py)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int | None = None
+
+
+def load_reward_reader(
+    path: str, policy_tokenizer: PreTrainedTokenizerBase, trust_remote_code: bool = False
+) -> RewardReader:
+    """The reader of the reward model in `path`: its own tokenizer and recipe's `max_length` when it has them
+    (a folder saved without a tokenizer reads the policy's tokens; a Hub RM, no length)."""
+    folder = Path(path)
+    tokenizer = policy_tokenizer
+    if not folder.is_dir() or any((folder / name).is_file() for name in TOKENIZER_FILES):
+        tokenizer = load_tokenizer(ModelConfig(model_name_or_path=path), trust_remote_code)
+    recipe = folder / RECIPE_FILE
+    max_length = (yaml.safe_load(recipe.read_text()) or {}).get("max_length") if recipe.is_file() else None
+    return RewardReader(tokenizer, max_length)
+
+
+def reward_conversations(
+    prompts: list[list[dict]], responses: list[str], reader: RewardReader | None = None
+) -> list[list[dict]]:
     """What the reward model reads for each response: its prompt, then the response as the assistant's turn.
 
     The labels present every response this way, finished or not (an unfinished answer is closed by the
     chat template), so PPO's rollouts, the evaluation and RLOO/GRPO read the RM where it was trained;
-    a missing EOS costs `missing_eos_penalty` on top.
+    a missing EOS costs `missing_eos_penalty` on top. Longer than the reader's `max_length`, a prompt
+    loses its earliest turns as the RM's training rows did (`keep_last_turns`; down to its last user
+    turn when even that is too long).
     """
-    return [p + [{"role": "assistant", "content": r}] for p, r in zip(prompts, responses, strict=True)]
+    conversations = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        answer = [{"role": "assistant", "content": response}]
+        too_long = reader is not None and reader.max_length is not None
+        if too_long and templated_length(reader.tokenizer, prompt + answer) > reader.max_length:
+            last_user = max(i for i, turn in enumerate(prompt) if turn["role"] == "user")
+            prompt = keep_last_turns(prompt, [answer], reader.tokenizer, reader.max_length) or prompt[last_user:]
+        conversations.append(prompt + answer)
+    return conversations
 
 
 def reward_ids(tokenizer: PreTrainedTokenizerBase, sequence: list[dict] | str) -> list[int]:
@@ -140,10 +181,10 @@ def reward_ids(tokenizer: PreTrainedTokenizerBase, sequence: list[dict] | str) -
 
 
 def reward_batch(
-    tokenizer: PreTrainedTokenizerBase, sequences: list[list[dict] | str], max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase, sequences: list[list[dict] | str]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (input ids, attention mask) of `reward_ids`; a sequence over `max_length` keeps its end."""
-    rows = [reward_ids(tokenizer, s)[-max_length:] if max_length else reward_ids(tokenizer, s) for s in sequences]
+    """Right-padded (input ids, attention mask) of `reward_ids`."""
+    rows = [reward_ids(tokenizer, s) for s in sequences]
     width = max(map(len, rows))
     ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
@@ -152,7 +193,7 @@ def reward_batch(
 
 def response_rewards(
     reward_model: Called,
-    tokenizer: PreTrainedTokenizerBase,
+    reader: RewardReader,
     prompts: list[list[dict]],
     responses: list[str],
     batch_size: int = 64,
@@ -160,7 +201,7 @@ def response_rewards(
     """The reward model's score of each response to its prompt, read on `reward_conversations`."""
     model, context = reward_model
     with context():
-        return reward_scores(model, tokenizer, reward_conversations(prompts, responses), batch_size)
+        return reward_scores(model, reader.tokenizer, reward_conversations(prompts, responses, reader), batch_size)
 
 
 @torch.no_grad()
@@ -169,7 +210,6 @@ def reward_scores(
     tokenizer: PreTrainedTokenizerBase,
     conversations: list[list[dict] | str],
     batch_size: int = 64,
-    max_length: int | None = None,
 ) -> list[float]:
     """The scalar reward of each conversation or text (`reward_ids`), read at its last token."""
     was_training = model.training
@@ -177,7 +217,7 @@ def reward_scores(
     scores: list[float] = []
     try:
         for start in range(0, len(conversations), batch_size):
-            ids, mask = reward_batch(tokenizer, conversations[start : start + batch_size], max_length)
+            ids, mask = reward_batch(tokenizer, conversations[start : start + batch_size])
             scores.extend(score_sequences(model, ids.to(model.device), mask.to(model.device)).tolist())
     finally:
         model.train(was_training)

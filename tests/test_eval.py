@@ -1,6 +1,7 @@
 """`python -m pipeline eval`: several policies on the same held-out prompts."""
 
 import json
+import math
 from statistics import mean
 
 import pytest
@@ -52,9 +53,11 @@ def test_eval_compares_policies_against_the_reference_and_the_rule(runs, tmp_pat
     # Best-of-n of SFT's 3 samples: n = 1 is its sampled gold at KL 0, and the RM-picked gold lies below the
     # gold-picked one
     frontier = found["best_of_n"]
-    assert [p["n"] for p in frontier] == [1, 2, 3] and frontier[0]["kl"] == 0
+    assert [p["n"] for p in frontier] == [1, 2, 3] and frontier[0]["kl"] == pytest.approx(0, abs=1e-12)
     assert frontier[0]["rm_picked_gold"]["mean"] == pytest.approx(policies["sft"]["gold_sampled"]["mean"])
     assert all(p["rm_picked_gold"]["mean"] <= p["gold_picked_gold"] + 1e-9 for p in frontier)
+    assert [p["kl_bound"] for p in frontier] == pytest.approx([0, math.log(2) - 1 / 2, math.log(3) - 2 / 3])
+    assert all(0 <= p["kl"] <= p["kl_bound"] + 1e-9 for p in frontier)
     report = (out / "eval.md").read_text()
     assert "| policy | gold (greedy) | gold (sampled) |" in report and "## Best-of-n" in report
 

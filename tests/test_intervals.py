@@ -7,7 +7,7 @@ from statistics import mean
 
 import pytest
 
-from pipeline.intervals import best_of_n, best_of_n_kl, differences, interval, wins
+from pipeline.intervals import best_of_n, best_of_n_kl, best_of_n_sample_kl, differences, interval, wins
 
 
 def test_interval_of_constant_values_has_no_width_and_a_mean_inside():
@@ -48,3 +48,25 @@ def test_best_of_n_kl_by_hand():
     assert best_of_n_kl(1) == 0
     assert best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)
     assert best_of_n_kl(16) == pytest.approx(2.7726 - 0.9375, abs=1e-4)
+
+
+def test_best_of_n_shares_a_tie_between_the_tied_samples():
+    # the picker cannot tell the four apart: any of them is its pick, so the value is the plain mean
+    assert best_of_n([1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0], 2) == pytest.approx(0.5)
+    # two tied at the top: best-of-4 takes either with probability 1/2
+    assert best_of_n([0.0, 3.0, 3.0, 1.0], [9.0, 1.0, 0.0, 9.0], 4) == pytest.approx(0.5)
+
+
+def test_best_of_n_sample_kl_by_hand():
+    # four distinct answers: best-of-2 with replacement picks the i-th lowest with ((i/4)^2 - ((i-1)/4)^2)
+    chosen = [1 / 16, 3 / 16, 5 / 16, 7 / 16]
+    expected = sum(p * math.log(p / 0.25) for p in chosen)
+    assert best_of_n_sample_kl([0.1, 0.2, 0.3, 0.4], ["a", "b", "c", "d"], 2) == pytest.approx(expected)
+    assert expected < best_of_n_kl(2)
+    # one answer four times: best-of-n changes nothing
+    assert best_of_n_sample_kl([0.5, 0.5, 0.5, 0.5], ["x"] * 4, 4) == 0
+    # "x" twice (the top score), "y" and "z" once: x is chosen with 1 - (1/2)^2 = 3/4
+    p = {"x": 0.75, "y": (0.5**2 - 0.25**2), "z": 0.25**2}
+    base = {"x": 0.5, "y": 0.25, "z": 0.25}
+    found = best_of_n_sample_kl([0.9, 0.2, 0.9, 0.1], ["x", "y", "x", "z"], 2)
+    assert found == pytest.approx(sum(p[a] * math.log(p[a] / base[a]) for a in p))

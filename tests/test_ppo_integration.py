@@ -29,7 +29,7 @@ def check_comparison(found: dict, prompts: int) -> None:
     evaluation = found["eval"]
     assert evaluation["prompts"] == prompts and evaluation["names"] == ["ppo", "sft", "rule"]
     for name in ("ppo", "sft"):
-        for key in ("gold", "gold_sampled", "rm_score", "rm_sampled", "kl_to_reference"):
+        for key in ("gold", "gold_sampled", "rm_score", "rm_score_sampled", "kl_to_reference"):
             figure = evaluation["policies"][name][key]
             assert figure["ci"][0] <= figure["mean"] <= figure["ci"][1], (name, key)
     assert evaluation["policies"]["ppo"]["kl_to_reference"]["mean"] != 0  # k1 on one sample: either sign

@@ -18,10 +18,11 @@ from pipeline.configs import PPOConfig
 from pipeline.evaluation import answer
 from pipeline.ppo import trainer as ppo_trainer
 from pipeline.ppo.trainer import PPOTrainer
-from pipeline.reward import GroupedRewardTrainer
+from pipeline.reward import GroupedRewardTrainer, RewardReader, load_reward_reader, reward_conversations
 from pipeline.sampling import encode_prompts, plain
 from pipeline.sandbox.tokenizer import train_tokenizer
 from pipeline.scoring import score_sequences
+from pipeline.stages.eval_rm import fit_rows
 
 CHATML = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{{ eos_token }}\n{% endfor %}"
@@ -136,7 +137,8 @@ def check_one_sequence_per_answer(tokenizer, tmp_path, monkeypatch) -> None:
     # The trained RM scores every answer the same whichever stage reads it (1e-5)
     for (prompt, text), ids in zip(pairs, trained, strict=True):
         alone = score_sequences(rm, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).item()
-        assert reward.response_rewards(plain(rm), tokenizer, [prompt], [text])[0] == pytest.approx(alone, abs=1e-5)
+        score = reward.response_rewards(plain(rm), RewardReader(tokenizer), [prompt], [text])[0]
+        assert score == pytest.approx(alone, abs=1e-5)
     # Not so the old readout, the query and the answer's own ids (with EOS when it finished)
     for prompt, text in ppo_read:
         old = encode_prompts(tokenizer, [prompt])[0] + tokenizer.encode(text, add_special_tokens=False)
@@ -152,3 +154,28 @@ def chatml_tokenizer():
 
 def test_ppo_and_eval_score_the_ids_the_reward_model_trained_on(tmp_path, monkeypatch):
     check_one_sequence_per_answer(chatml_tokenizer(), tmp_path, monkeypatch)
+
+
+def test_long_prompts_are_read_as_the_reward_models_training_rows_were_cut(tmp_path):
+    """Past the RM's max_length a prompt loses its earliest turns, as fit_prompts cut its training rows;
+    the held-out lists are cut (or, without fit_prompts, left out) by the same rule."""
+    tokenizer = chatml_tokenizer()
+    turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
+    long = [turn("user", "cat " * 30), turn("assistant", "tac " * 30), turn("user", "Reverse the word cat.")]
+    answer = [turn("assistant", "tac")]
+    fits = len(tokenizer.apply_chat_template(long[2:] + answer, return_dict=True)["input_ids"])
+    reader = RewardReader(tokenizer, max_length=fits + 5)
+    assert reward_conversations([long], ["tac"], reader) == [long[2:] + answer]
+    assert reward_conversations([long], ["tac"], RewardReader(tokenizer)) == [long + answer]
+    rows = [
+        {"prompt": long, "responses": [answer, [turn("assistant", "cat")]]},
+        {"prompt": long[2:], "responses": [answer]},
+    ]
+    assert [r["prompt"] for r in fit_rows(rows, tokenizer, fits + 5, cut_prompts=True)] == [long[2:], long[2:]]
+    assert [r["prompt"] for r in fit_rows(rows, tokenizer, fits + 5, cut_prompts=False)] == [long[2:]]
+    # The reader of a saved RM: its own tokenizer and its recipe's max_length
+    tokenizer.save_pretrained(tmp_path / "rm")
+    (tmp_path / "rm" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "rm" / "recipe.yaml").write_text("stage: rm\nmax_length: 96\n")
+    found = load_reward_reader(str(tmp_path / "rm"), policy_tokenizer=None)
+    assert found.max_length == 96 and found.tokenizer.chat_template == CHATML

@@ -31,7 +31,7 @@ def _answers(
         "num_samples": num_samples,
         "temperature": args.temperature,
         "reward_model": trainer.reward(),
-        "reward_tokenizer": trainer.reward_tokenizer,
+        "reward_reader": trainer.reward_reader,
         "synced": trainer.sharded,
         "progress": accelerator.is_main_process,
     }

@@ -40,7 +40,7 @@ from pipeline.ppo.core import (
     value_loss,
 )
 from pipeline.ppo.kl import AdaptiveKLController, FixedKLController
-from pipeline.reward import response_rewards, spearman
+from pipeline.reward import RewardReader, response_rewards, spearman
 from pipeline.sampling import (
     Called,
     decode,
@@ -126,17 +126,17 @@ class PPOTrainer:
         reward_stats: tuple[float, float] | None = None,
         ptx_texts: list[str] | None = None,
         gold_fn: GoldFn | None = None,
-        reward_tokenizer: PreTrainedTokenizerBase | None = None,
+        reward_reader: RewardReader | None = None,
         prompt_groups: list[str] | None = None,
     ) -> None:
         """`ref_policy` None: the LoRA policy with its adapter off; `reward_model` None: likewise the value model.
 
-        `reward_tokenizer`: the one the reward model was trained with (default: the policy's);
+        `reward_reader`: how the reward model reads a response (default: the policy's tokenizer, no length);
         `prompt_groups`: a label per prompt (the sandbox's task family), whose mix each update logs.
         """
         self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
         self.prompts, self.gold_fn, self.work = prompts, gold_fn, work
-        self.reward_tokenizer, self.prompt_groups = reward_tokenizer or tokenizer, prompt_groups
+        self.reward_reader, self.prompt_groups = reward_reader or RewardReader(tokenizer), prompt_groups
         self.ref_policy, self.reward_model, self.reward_stats = ref_policy, reward_model, reward_stats
         self.query_ids = encode_prompts(tokenizer, prompts)
         if args.max_prompt_length is not None:
@@ -340,7 +340,7 @@ class PPOTrainer:
         with self.accelerator.autocast():
             scores = response_rewards(
                 self.reward(),
-                self.reward_tokenizer,
+                self.reward_reader,
                 prompts,
                 responses,
                 self.args.local_rollout_forward_batch_size,
@@ -398,8 +398,10 @@ class PPOTrainer:
         }
         if gold is not None:
             stats["objective/gold"] = gold.mean().item()
-            # Does the RM still order the rollouts as gold does? A falling value flags reward hacking
-            stats["objective/rm_gold_spearman"] = spearman(batch["scores"].tolist(), gold.tolist())
+            # Does the RM still order the rollouts as gold does? A falling value flags reward hacking. Every
+            # rank has the key (the keys must match across ranks); one rollout has no order
+            if len(indices) > 1:
+                stats["objective/rm_gold_spearman"] = spearman(batch["scores"].tolist(), gold.tolist())
         if self.prompt_groups is not None:
             groups = Counter(self.prompt_groups[i] for i in indices)
             stats.update({f"prompts/{g}": groups[g] / len(indices) for g in sorted(set(self.prompt_groups))})

@@ -19,7 +19,8 @@ from pipeline import outputs
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
 from pipeline.evaluation import RULE, Answers, answer, compare
-from pipeline.models import load_policy, load_scorer, load_tokenizer, require_same_vocabulary, reward_tokenizer
+from pipeline.models import load_policy, load_scorer, load_tokenizer, require_same_vocabulary
+from pipeline.reward import load_reward_reader
 from pipeline.sampling import plain, sampling_generator
 from pipeline.sandbox.evaluation import is_sandbox
 from pipeline.sandbox.tasks import test_prompts
@@ -87,7 +88,7 @@ def _markdown(metrics: dict, samples: list[dict]) -> str:
         ("style", "gold_style"),
         ("exact match", "exact_match"),
         ("RM score (greedy)", "rm_score"),
-        ("RM score (sampled)", "rm_sampled"),
+        ("RM score (sampled)", "rm_score_sampled"),
         (f"KL to {metrics['reference']}", "kl_to_reference"),
         ("tokens", "response_tokens_mean"),
         ("ends with EOS", "finished_fraction"),
@@ -119,10 +120,16 @@ def _markdown(metrics: dict, samples: list[dict]) -> str:
         lines += [f"| {a} | " + " | ".join(_cell(table[a].get(b)) for b in order) + " |" for a in order]
     if metrics.get("best_of_n"):
         lines += ["", f"## Best-of-n of {metrics['reference']}'s samples, picked by the reward model", ""]
-        lines += ["| n | KL (nats) | RM score | gold | gold minus greedy | gold if gold picked |", "|---" * 6 + "|"]
         lines += [
-            f"| {p['n']} | {p['kl']:.3f} | {p['rm_picked_rm']:.3f} | {_cell(p['rm_picked_gold'])} | "
-            f"{_cell(p['rm_picked_gold_minus_greedy'])} | {p['gold_picked_gold']:.3f} |"
+            "KL: best-of-n's, with the policy taken to be its samples; bound: log n - (n-1)/n, reached only "
+            "when no two samples are alike.",
+            "",
+            "| n | KL (nats) | bound | RM score | gold | gold minus greedy | gold if gold picked |",
+            "|---" * 7 + "|",
+        ]
+        lines += [
+            f"| {p['n']} | {p['kl']:.3f} | {p['kl_bound']:.3f} | {p['rm_picked_rm']:.3f} | "
+            f"{_cell(p['rm_picked_gold'])} | {_cell(p['rm_picked_gold_minus_greedy'])} | {p['gold_picked_gold']:.3f} |"
             for p in metrics["best_of_n"]
         ]
     by_family = {n: p["gold_by_family"] for n, p in policies.items() if "gold_by_family" in p}
@@ -163,12 +170,12 @@ def run(config: EvalConfig) -> dict:
     reference = None
     if config.reference is not None:
         reference = load_policy(config.policies[config.reference], model_args, config.trust_remote_code).eval()
-    reward_model, rm_tokenizer = None, None
+    reward_model, reader = None, None
     if config.reward_model is not None:
         require_same_vocabulary(tokenizer, config.reward_model, "the reward model", base_name, config.trust_remote_code)
         reward_model = load_scorer(config.reward_model, model_args, tokenizer.pad_token_id, config.trust_remote_code)
         reward_model.eval()
-        rm_tokenizer = reward_tokenizer(config.reward_model, tokenizer, config.trust_remote_code)
+        reader = load_reward_reader(config.reward_model, tokenizer, config.trust_remote_code)
 
     answers: dict[str, Answers] = {}
     for name, path in config.policies.items():
@@ -188,7 +195,7 @@ def run(config: EvalConfig) -> dict:
             temperature=config.temperature,
             generator=sampling_generator(policy.device, config.seed),
             reward_model=None if reward_model is None else plain(reward_model),
-            reward_tokenizer=rm_tokenizer,
+            reward_reader=reader,
             reference=None if is_reference or reference is None else plain(reference),
             description=f"evaluating {name}",
         )

@@ -20,7 +20,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from pipeline import outputs
 from pipeline.data import load_card, read_card
+from pipeline.data.fitting import keep_last_turns, templated_length
 from pipeline.data.loading import raw_split
+from pipeline.errors import PipelineError
 from pipeline.models import require_model
 from pipeline.reward import reward_scores, spearman
 from pipeline.sandbox import bayes_accuracy
@@ -56,12 +58,43 @@ def _difference(row: dict, i: int, j: int) -> str:
     return "both" if correctness and style else "correctness" if correctness else "style"
 
 
+def fit_rows(rows: list[dict], tokenizer: PreTrainedTokenizerBase, max_length: int, cut_prompts: bool) -> list[dict]:
+    """The held-out lists as training saw its rows at `max_length`: a list whose longest sequence is longer loses
+    its prompt's earliest turns (`cut_prompts`, the recipe's fit_prompts) or is left out (RewardTrainer's rule)."""
+    kept, cut = [], 0
+    for row in rows:
+        if all(templated_length(tokenizer, row["prompt"] + r) <= max_length for r in row["responses"]):
+            kept.append(row)
+            continue
+        prompt = keep_last_turns(row["prompt"], row["responses"], tokenizer, max_length) if cut_prompts else None
+        if prompt is not None:
+            kept.append({**row, "prompt": prompt})
+            cut += 1
+    if len(kept) < len(rows) or cut:
+        logger.info(
+            "held-out lists longer than max_length (%d tokens): %d cut from the left, %d left out, of %d",
+            max_length,
+            cut,
+            len(rows) - len(kept),
+            len(rows),
+        )
+    return kept
+
+
 def evaluate_reward_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict], max_length: int | None = None
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict],
+    max_length: int | None = None,
+    cut_prompts: bool = False,
 ) -> dict:
-    """The metrics of the module docstring, keyed as other stages read them."""
+    """The metrics of the module docstring, keyed as other stages read them, on the rows as training saw them."""
+    if max_length is not None:
+        rows = fit_rows(rows, tokenizer, max_length, cut_prompts)
+    if not rows:
+        raise PipelineError(f"no held-out comparison fits max_length {max_length}: nothing to evaluate the RM on")
     flat = [row["prompt"] + response for row in rows for response in row["responses"]]
-    scores = reward_scores(model, tokenizer, flat, max_length=max_length)
+    scores = reward_scores(model, tokenizer, flat)
     per_row, start = [], 0
     for row in rows:
         per_row.append(scores[start : start + len(row["responses"])])
@@ -139,7 +172,7 @@ def run(
         model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     rows = comparison_rows(card, split, data_files or recipe.get("data_files"), max_rows)
-    metrics = evaluate_reward_model(model, tokenizer, rows, recipe.get("max_length"))
+    metrics = evaluate_reward_model(model, tokenizer, rows, recipe.get("max_length"), recipe.get("fit_prompts", False))
     path = folder / outputs.METRICS_FILE
     merged = {**(json.loads(path.read_text()) if path.exists() else {}), **metrics}
     outputs.write_metrics(folder, merged)

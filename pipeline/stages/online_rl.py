@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import PreTrainedModel, set_seed
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
 
 from pipeline.configs import RewardModelArguments, ScriptArguments
@@ -22,9 +22,8 @@ from pipeline.models import (
     load_scorer,
     load_tokenizer,
     require_same_vocabulary,
-    reward_tokenizer,
 )
-from pipeline.reward import response_rewards
+from pipeline.reward import RewardReader, load_reward_reader, response_rewards
 from pipeline.sampling import plain
 from pipeline.sandbox.evaluation import balanced_indices, family, gold_rewards, is_sandbox
 from pipeline.stages.common import start_work, train_evaluate_save
@@ -32,11 +31,11 @@ from pipeline.stages.common import start_work, train_evaluate_save
 logger = logging.getLogger(__name__)
 
 
-def _reward_model_reward(scorer: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+def _reward_model_reward(scorer: PreTrainedModel, reader: RewardReader):
     """The reward model as a TRL reward function (logged as `rewards/reward_model`), reading what it was trained on."""
 
     def reward_model(prompts: list[list[dict]], completions: list[list[dict]], **_) -> list[float]:
-        return response_rewards(plain(scorer), tokenizer, prompts, [c[0]["content"].strip() for c in completions])
+        return response_rewards(plain(scorer), reader, prompts, [c[0]["content"].strip() for c in completions])
 
     return reward_model
 
@@ -95,8 +94,8 @@ def run(
     reward_model = load_scorer(
         reward_args.reward_model_path, model_args, tokenizer.pad_token_id, training_args.trust_remote_code
     )
-    rm_tokenizer = reward_tokenizer(reward_args.reward_model_path, tokenizer, training_args.trust_remote_code)
-    reward_funcs, reward_tokenizers = [_reward_model_reward(reward_model, rm_tokenizer)], [None]
+    reader = load_reward_reader(reward_args.reward_model_path, tokenizer, training_args.trust_remote_code)
+    reward_funcs, reward_tokenizers = [_reward_model_reward(reward_model, reader)], [None]
     if sandbox:
         reward_funcs.append(_gold_reward(tokenizer.eos_token_id))
         reward_tokenizers.append(None)

@@ -31,10 +31,10 @@ from pipeline.models import (
     load_tokenizer,
     prepare_quantized,
     require_same_vocabulary,
-    reward_tokenizer,
 )
 from pipeline.ppo.evaluation import compare_to_sft, ptx_losses
 from pipeline.ppo.trainer import PPOTrainer
+from pipeline.reward import load_reward_reader
 from pipeline.sandbox.evaluation import balanced_indices, family, gold_rewards, is_sandbox
 from pipeline.sandbox.tasks import test_prompts
 
@@ -157,7 +157,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         reward_stats=_reward_stats(args),
         ptx_texts=ptx_texts,
         gold_fn=gold_rewards if sandbox else None,
-        reward_tokenizer=reward_tokenizer(args.reward_model_path, tokenizer, args.trust_remote_code),
+        reward_reader=load_reward_reader(args.reward_model_path, tokenizer, args.trust_remote_code),
         prompt_groups=[family(p) for p in prompts] if sandbox else None,
     )
     logger.info(

@@ -62,7 +62,11 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
         peft_config=peft_config,
     )
     evaluate = (
-        (lambda trained: evaluate_reward_model(trained, tokenizer, held_out, training_args.max_length))
+        (
+            lambda trained: evaluate_reward_model(
+                trained, tokenizer, held_out, training_args.max_length, script_args.fit_prompts
+            )
+        )
         if held_out
         else None
     )

@@ -19,7 +19,14 @@ from pipeline import outputs
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
 from pipeline.evaluation import RULE, Answers, answer, compare
-from pipeline.models import load_policy, load_scorer, load_tokenizer, require_same_vocabulary, reward_tokenizer
+from pipeline.models import (
+    load_policy,
+    load_scorer,
+    load_tokenizer,
+    require_reward_model,
+    require_same_vocabulary,
+    reward_tokenizer,
+)
 from pipeline.sampling import plain, sampling_generator
 from pipeline.sandbox.evaluation import is_sandbox
 from pipeline.sandbox.tasks import test_prompts
@@ -165,6 +172,7 @@ def run(config: EvalConfig) -> dict:
         reference = load_policy(config.policies[config.reference], model_args, config.trust_remote_code).eval()
     reward_model, rm_tokenizer = None, None
     if config.reward_model is not None:
+        require_reward_model(config.reward_model, "--reward_model")
         require_same_vocabulary(tokenizer, config.reward_model, "the reward model", base_name, config.trust_remote_code)
         reward_model = load_scorer(config.reward_model, model_args, tokenizer.pad_token_id, config.trust_remote_code)
         reward_model.eval()

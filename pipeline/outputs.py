@@ -139,10 +139,12 @@ def check_output_dir(output_dir: str | Path, inputs: list[Path]) -> None:
         if target == source or source in target.parents or target in source.parents:
             relation = "is" if target == source else "is inside" if source in target.parents else "contains"
             raise PipelineError(f"{where} {relation} the run's input {source}: name another folder")
-    if not target.is_dir() or is_finished_output(target) or not any(target.iterdir()):
+    if not target.is_dir():
         return
-    if (target / ".git").exists() or next(target.rglob(".git"), None) is not None:
+    if (target / ".git").exists() or next(target.glob("*/.git"), None) is not None:
         raise PipelineError(f"{where} holds a git repository: name a folder of its own")
+    if is_finished_output(target) or not any(target.iterdir()):
+        return
     raise PipelineError(
         f"{where} holds files that are not a finished output of this pipeline (no {RECIPE_FILE} and "
         f"{METRICS_FILE}): they are kept; name another folder, or empty this one"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
 import time
 
@@ -15,12 +16,35 @@ from pipeline.registry import STAGES, Stage
 
 def _run_recipe_stage(stage: Stage, config: str, overrides: list[str]) -> None:
     from pipeline import distributed  # torch, TRL: only when a stage runs
-    from pipeline.configs import load_configs
+    from pipeline.configs import load_configs, require_trackers
 
     distributed.use_cpu_ranks_without_gpu()
     configs, recipe = load_configs(stage, config, overrides)
+    require_trackers(recipe)
     stage.run(configs, recipe)
     distributed.end_ranks()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, what a cluster scheduler sends before it kills a job: stopped like Ctrl-C."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated()
+
+
+def _where_it_stopped() -> str:
+    """Where each folder this process was writing stands: the checkpoint a rerun resumes from, or none."""
+    from pipeline import outputs
+
+    places = []
+    for folder in locks.held():
+        work = outputs.partial_dir(folder)
+        found = outputs.last_checkpoint(work) if work.is_dir() else None
+        places.append(f"{work} keeps checkpoint-{found[0]}" if found else f"{folder} had no checkpoint yet")
+    if not places:
+        return "nothing was being written"
+    return "; ".join(places) + ": the same command resumes from there"
 
 
 def _keys_help(stage: Stage) -> str:
@@ -140,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     if stage is not None and args.config is None:
         parser.error(f"the {stage.name} stage needs --config RECIPE (see python -m pipeline {stage.name} --help)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        if getattr(args, "max_rows", None) is not None and args.max_rows < 1:
+            raise PipelineError(f"--max_rows must be at least 1, got {args.max_rows}")
         if args.stage == "data":
             from pipeline.stages import data
 
@@ -185,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"error: {how}: {_where_it_stopped()}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
     except Exception as error:
         if not is_disk_full(error):
             raise
@@ -197,4 +228,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         locks.release_all()
+        signal.signal(signal.SIGTERM, previous)
     return 0

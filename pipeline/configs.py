@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -183,10 +184,10 @@ _POSITIVE = set(
     "sandbox_eval_batch_size max_train_samples max_eval_samples prompts_per_family max_new_tokens "
     "generation_batch_size total_episodes num_ppo_epochs num_mini_batches local_rollout_forward_batch_size "
     "response_length kl_horizon cliprange cliprange_value ptx_batch_size ptx_max_length kl_target "
-    "value_learning_rate max_prompt_length".split()
+    "value_learning_rate max_prompt_length temperature".split()
 )
 _NON_NEGATIVE = set(
-    "weight_decay max_grad_norm warmup_steps sandbox_eval_prompts logging_steps temperature "
+    "weight_decay max_grad_norm warmup_steps sandbox_eval_prompts logging_steps "
     "labeler_temperature contrast_per_prompt center_rewards_coefficient kl_coef vf_coef ptx_coef gold_reward_scale "
     "missing_eos_penalty".split()
 )
@@ -252,6 +253,8 @@ def _unknown_key(key: str, known: Iterable[str], source: str, stage: str) -> str
 def _check_range(key: str, value: Any) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    if not math.isfinite(value):
+        raise RecipeError(f"recipe key {key!r} must be a finite number, got {value}")
     if key in _POSITIVE and value <= 0:
         raise RecipeError(f"recipe key {key!r} must be > 0, got {value}")
     if key in _NON_NEGATIVE and value < 0:
@@ -262,6 +265,30 @@ def _check_range(key: str, value: Any) -> None:
         raise RecipeError(f"recipe key {key!r} must be in (0, 1), got {value}")
     if key in _RANGES and not _RANGES[key][0] <= value <= _RANGES[key][1]:
         raise RecipeError(f"recipe key {key!r} must be in [{_RANGES[key][0]}, {_RANGES[key][1]}], got {value}")
+
+
+def _trackers(value: Any) -> list[str]:
+    return [name for name in ([value] if isinstance(value, str) else list(value or [])) if name not in ("none", "all")]
+
+
+def _check_report_to(value: Any) -> None:
+    """`report_to` names trackers transformers knows."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in _trackers(value):
+        if name not in INTEGRATION_TO_CALLBACK:
+            close = difflib.get_close_matches(name, list(INTEGRATION_TO_CALLBACK), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise RecipeError(f"report_to {name!r} is no tracker transformers knows: {hint}(or none)")
+
+
+def require_trackers(recipe: dict[str, Any]) -> None:
+    """Before a run: the trackers in `report_to` are installed (else the trainer fails after loading everything)."""
+    from transformers.integrations.integration_utils import get_available_reporting_integrations
+
+    for name in _trackers(recipe.get("report_to")):
+        if name not in get_available_reporting_integrations():
+            raise RecipeError(f"report_to {name!r}: the {name} package is not installed; install it, or set none")
 
 
 class _OverrideParser(HfArgumentParser):
@@ -313,12 +340,30 @@ def parse_overrides(stage: Stage, argv: list[str]) -> dict[str, Any]:
     return {**{key: getattr(namespace, key) for key in given}, **nulls}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RecipeError(f"{self.name}, line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe not found: {path}")
     try:
-        recipe = yaml.safe_load(path.read_text()) or {}
+        loader = _UniqueKeyLoader(path.read_text())
+        loader.name = str(path)
+        try:
+            recipe = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(recipe, dict):
@@ -340,6 +385,8 @@ def build_configs(stage: Stage, values: dict[str, Any], source: str = "recipe") 
     for key, value in values.items():
         checked[key] = _coerce(key, value, hints[key])
         _check_range(key, checked[key])
+        if key == "report_to":
+            _check_report_to(checked[key])
     if "ddp_find_unused_parameters" in hints:
         # Every trainable weight of our models takes part in each forward pass; under DDP, searching
         # for unused ones would cost a traversal of the autograd graph every step

@@ -89,8 +89,12 @@ def merge_into(run_dir: Path, folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _building(target: Path) -> Iterator[Path]:
-    """A fresh `<target>.partial` folder, renamed to `target` when the block succeeds and removed when it fails."""
+def _building(target: Path, inputs: list[Path]) -> Iterator[Path]:
+    """A fresh `<target>.partial` folder, renamed to `target` when the block succeeds and removed when it fails.
+
+    `target` must be the command's own (`outputs.check_output_dir`): not one of its `inputs`, nor around them.
+    """
+    outputs.check_output_dir(target, inputs)
     work = outputs.partial_dir(target)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -107,7 +111,8 @@ def merge(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     _check_run(run_dir, merged=True)
     output_dir = Path(output_dir or f"{run_dir}_merged")
-    with _building(output_dir) as work:
+    inputs = [run_dir] + [Path(base) for base in [adapter_base(run_dir)] if Path(base).exists()]
+    with _building(output_dir, inputs) as work:
         merge_into(run_dir, work)
     return output_dir
 
@@ -199,6 +204,11 @@ def build_upload(run_dir: Path, folder: Path, repo_id: str, merged: bool, licens
     return sorted(p.name for p in folder.iterdir())
 
 
+def _unreachable(error: Exception) -> bool:
+    """Whether `error` says the Hub could not be reached: offline mode, or the HTTP client's transport errors."""
+    return isinstance(error, OSError) or any(cls.__name__ == "TransportError" for cls in type(error).__mro__)
+
+
 def push(
     run_dir: str | Path,
     repo_id: str,
@@ -218,7 +228,7 @@ def push(
         target = Path(dry_run)
         if target.exists() and any(target.iterdir()):
             raise PipelineError(f"--dry_run folder {target} exists and is not empty")
-        with _building(target) as work:
+        with _building(target, [run_dir]) as work:
             files = build_upload(run_dir, work, repo_id, merged, license_id)
         print(f"dry run: {target} holds what would go to {repo_id} ({'private' if private else 'public'}):")
         print("\n".join(f"  {name}" for name in files))
@@ -229,12 +239,20 @@ def push(
     api = api or HfApi()
     with tempfile.TemporaryDirectory() as tmp:
         files = build_upload(run_dir, Path(tmp), repo_id, merged, license_id)
-        url = api.create_repo(repo_id, token=token, private=private, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=tmp,
-            commit_message=commit_message or f"Upload {_recipe(run_dir).get('stage', 'model')} from pipeline",
-            token=token,
-        )
+        try:
+            url = api.create_repo(repo_id, token=token, private=private, exist_ok=True)
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                commit_message=commit_message or f"Upload {_recipe(run_dir).get('stage', 'model')} from pipeline",
+                token=token,
+            )
+        except Exception as error:
+            if not _unreachable(error):
+                raise
+            raise PipelineError(
+                f"could not reach the Hub to push {run_dir} ({type(error).__name__}): check the connection "
+                "(HF_HUB_OFFLINE unset?) and push again; --dry_run DIR writes the folder without uploading"
+            ) from error
     print(f"pushed {len(files)} files to {url}")
     return files

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import torch
 from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification, prepare_model_for_kbit_training
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -44,11 +45,26 @@ def require_model(name: str | Path) -> None:
         raise PipelineError(f"model folder not found: {name}")
 
 
+def _parses(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def _from_hub(name: str, load: Callable[[], T]) -> T:
     """`load()`, with the Hub's connection errors turned into one line that says what to do."""
     require_model(name)
     try:
         return load()
+    except SafetensorError as error:
+        damaged = ", ".join(str(p) for p in sorted(Path(name).glob("*.safetensors"))) if Path(name).is_dir() else name
+        raise PipelineError(f"the weights in {damaged} cannot be read ({error}): the file is damaged") from error
+    except json.JSONDecodeError as error:
+        files = [Path(name, f) for f in (*TOKENIZER_FILES, "config.json") if Path(name, f).is_file()]
+        broken = next((f for f in files if not _parses(f)), Path(name))
+        raise PipelineError(f"{broken} cannot be read ({error}): the file is damaged") from error
     except OSError as error:
         reason = str(error).strip().splitlines()[0]
         raise PipelineError(
@@ -148,7 +164,24 @@ def _load(auto_class: type, model_args: ModelConfig, trust_remote_code: bool, **
             **kwargs,
         ),
     )
+    _check_lora_targets(model, model_args)
     return _keep_4bit_layout_on_cpu(model)
+
+
+def _check_lora_targets(model: PreTrainedModel, model_args: ModelConfig) -> None:
+    """LoRA's `lora_target_modules` must name layers the model has (PEFT's own error names none of them)."""
+    targets = model_args.lora_target_modules
+    if not model_args.use_peft or not targets or isinstance(targets, str):  # "all-linear", or a regex
+        return
+    linear = sorted(
+        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    )
+    missing = [t for t in targets if t != "all-linear" and t not in linear]
+    if missing:
+        raise PipelineError(
+            f"lora_target_modules {missing} are not layers of {model_args.model_name_or_path}; its linear layers "
+            f"are {linear} (or use all-linear)"
+        )
 
 
 def load_causal_lm(model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:
@@ -168,8 +201,47 @@ def is_adapter(path: str | Path) -> bool:
     return Path(path, "adapter_config.json").is_file()
 
 
+def _weight_names(folder: Path, stem: str) -> list[str] | None:
+    """The tensor names in a folder's `<stem>.safetensors` (or its sharded index); None when it has neither."""
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        return list(json.loads(index.read_text())["weight_map"])
+    single = folder / f"{stem}.safetensors"
+    if not single.is_file():
+        return None
+    try:
+        with safe_open(str(single), framework="pt") as weights:
+            return list(weights.keys())
+    except Exception as error:  # safetensors raises its own error type for a truncated or corrupt file
+        raise PipelineError(f"{single} cannot be read ({error}): the file is damaged; write it again") from error
+
+
+def _is_sequence_classifier(folder: Path) -> bool:
+    if is_adapter(folder):
+        return json.loads((folder / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
+    config = folder / "config.json"
+    architectures = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
+    return any(name.endswith("ForSequenceClassification") for name in architectures)
+
+
+def require_reward_model(path: str, what: str) -> None:
+    """A reward model is a sequence classifier whose score head was trained: a causal LM (or a folder without
+    a `score` weight) would score with a randomly initialised head. A Hub id is taken as it is."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    names = _weight_names(folder, "adapter_model" if is_adapter(folder) else "model")
+    if not _is_sequence_classifier(folder) or (names is not None and not any(".score." in f".{n}" for n in names)):
+        raise PipelineError(
+            f"{what} {path} is not a trained reward model (no sequence-classification score head): give the "
+            "output folder of the rm stage"
+        )
+
+
 def load_policy(path: str, model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM from full weights, or from an adapter merged into its base."""
+    if Path(path).is_dir() and _is_sequence_classifier(Path(path)):
+        raise PipelineError(f"{path} is a reward model (a sequence classifier), not a policy: give a causal LM")
     if is_adapter(path):
         model = _from_hub(
             path, lambda: AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -24,6 +25,7 @@ PPO_SAMPLES_FILE = "ppo_samples.jsonl"  # PPO's and SFT's held-out responses sid
 EVAL_SAMPLES_FILE = "samples.jsonl"  # the eval stage's responses of every policy
 EVAL_REPORT_FILE = "eval.md"
 REPORT_FILE = "report.md"
+INPUTS_FILE = "inputs.json"  # in a work folder: what its inputs held, so a resume reads the same
 PPO_STATE_FILE = "trainer_state.pt"  # in a PPO checkpoint (transformers' Trainer writes trainer_state.json)
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -69,31 +71,125 @@ def last_checkpoint(work: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
-def start(output_dir: str | Path, stage: str, recipe: dict[str, Any]) -> tuple[Path, bool]:
+def is_finished_output(folder: str | Path) -> bool:
+    """Whether `folder` is a finished output of this pipeline: its resolved recipe, naming a stage, and metrics."""
+    folder = Path(folder)
+    try:
+        recipe = yaml.safe_load((folder / RECIPE_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(recipe, dict) and "stage" in recipe and (folder / METRICS_FILE).is_file()
+
+
+def recipe_paths(recipe: dict[str, Any]) -> list[Path]:
+    """The existing files and folders a recipe names (models, adapters, data files, cards): the run's inputs."""
+    found: list[Path] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item)
+        elif isinstance(value, str | Path) and str(value):
+            for part in str(value).split(","):  # data_files may list several
+                if part and Path(part).exists():
+                    found.append(Path(part))
+
+    visit({k: v for k, v in recipe.items() if k != "output_dir"})
+    return found
+
+
+def input_digests(paths: list[Path]) -> dict[str, str]:
+    """What each input holds, to tell whether an unfinished run read the same: a file's sha256; a folder's
+    `metrics.json` (a stage output; a rerun stage writes a new one), else its files' names and sizes."""
+    digests = {}
+    for path in paths:
+        digest = hashlib.sha256()
+        if path.is_file():
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        elif (path / METRICS_FILE).is_file():
+            digest.update((path / METRICS_FILE).read_bytes())
+        else:
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                digest.update(f"{file.relative_to(path)}:{file.stat().st_size}\n".encode())
+        digests[str(path)] = digest.hexdigest()
+    return digests
+
+
+def check_output_dir(output_dir: str | Path, inputs: list[Path]) -> None:
+    """Refuse, before any work, an output folder that is not the run's own to write (one `PipelineError` line).
+
+    Refused: an existing file; the working directory or a folder above it; a folder that holds a
+    repository; a folder equal to, inside or containing one of the run's inputs; an existing folder
+    with contents that is not a finished output of this pipeline.
+    """
+    target = Path(output_dir).resolve()
+    where = f"output_dir {output_dir}"
+    if target.exists() and not target.is_dir():
+        raise PipelineError(f"{where} is an existing file: name a folder for the run's output")
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise PipelineError(f"{where} is the working directory or a folder above it: name a folder of its own")
+    for source in inputs:
+        source = source.resolve()
+        if target == source or source in target.parents or target in source.parents:
+            relation = "is" if target == source else "is inside" if source in target.parents else "contains"
+            raise PipelineError(f"{where} {relation} the run's input {source}: name another folder")
+    if not target.is_dir():
+        return
+    if (target / ".git").exists() or next(target.glob("*/.git"), None) is not None:
+        raise PipelineError(f"{where} holds a git repository: name a folder of its own")
+    if is_finished_output(target) or not any(target.iterdir()):
+        return
+    raise PipelineError(
+        f"{where} holds files that are not a finished output of this pipeline (no {RECIPE_FILE} and "
+        f"{METRICS_FILE}): they are kept; name another folder, or empty this one"
+    )
+
+
+def start(
+    output_dir: str | Path, stage: str, recipe: dict[str, Any], inputs: list[Path] | None = None
+) -> tuple[Path, bool]:
     """The work folder for a stage, and whether it holds an unfinished run of the same recipe to resume.
 
-    The main process takes the folder's lock (`pipeline.locks`) and, under `accelerate launch`,
+    First the folder must be the run's own (`check_output_dir`; `inputs` default to the paths the recipe
+    names). The main process takes the folder's lock (`pipeline.locks`) and, under `accelerate launch`,
     prepares the folder before the other ranks look at it.
     """
     from accelerate import PartialState  # torch: only where a stage runs
 
+    inputs = recipe_paths(recipe) if inputs is None else inputs
+    check_output_dir(output_dir, inputs)
     work = partial_dir(output_dir)
     resolved = clean_recipe(stage, recipe)
-    previous = work / RECIPE_FILE
+    previous, read = work / RECIPE_FILE, work / INPUTS_FILE
+    digests = input_digests(inputs)
     state = PartialState()
     with state.main_process_first():
         try:
             if state.is_main_process:
                 locks.acquire(output_dir)
-            same_run = work.exists() and previous.exists() and yaml.safe_load(previous.read_text()) == resolved
-            resume = same_run and last_checkpoint(work) is not None
+            same_recipe = work.exists() and previous.exists() and yaml.safe_load(previous.read_text()) == resolved
+            same_inputs = read.is_file() and json.loads(read.read_text()) == digests
+            resume = same_recipe and same_inputs and last_checkpoint(work) is not None
             if state.is_main_process and work.exists() and not resume:
-                why = "no complete checkpoint" if same_run else "another recipe"
+                why = (
+                    "another recipe"
+                    if not same_recipe
+                    else "its inputs changed since"
+                    if not same_inputs
+                    else "no complete checkpoint"
+                )
                 logger.info("%s holds an unfinished run (%s): starting again from nothing", work, why)
             if state.is_main_process and not resume:
                 shutil.rmtree(work, ignore_errors=True)
                 work.mkdir(parents=True)
                 previous.write_text(yaml.safe_dump(resolved, sort_keys=False))
+                read.write_text(json.dumps(digests, indent=2) + "\n")
         except OSError as error:
             raise PipelineError(f"cannot write the output folder {output_dir}: {error.strerror or error}") from error
     return work, resume
@@ -113,10 +209,19 @@ def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> None:
 
 
 def finish(work: Path, output_dir: str | Path) -> Path:
-    """Drop the checkpoints and move the finished work folder to `output_dir`, replacing an old one."""
+    """Drop the checkpoints and move the finished work folder to `output_dir`, replacing an old one only when
+    that is a finished output of this pipeline: anything else there is kept, and so is the work folder."""
     for checkpoint in work.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
     output_dir = Path(output_dir)
+    occupied = output_dir.exists() and not (output_dir.is_dir() and not any(output_dir.iterdir()))
+    if occupied and not is_finished_output(output_dir):
+        raise PipelineError(
+            f"{output_dir} appeared during the run and is not a finished output of this pipeline: it is kept, "
+            f"and the run's output is in {work}"
+        )
+    if output_dir.is_dir() and not any(output_dir.iterdir()):
+        output_dir.rmdir()
     if output_dir.exists():
         old = output_dir.with_name(output_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

@@ -21,6 +21,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from pipeline.cli import main as pipeline
 from pipeline.data import load_card
 from pipeline.sandbox.tokenizer import train_tokenizer
+from scripts.reward_head import untrained_reward_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SANDBOX = ROOT / "recipes" / "sandbox"
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Stage 2: LoRA PPO on the SFT policy; the SFT weights with a fresh score head stand in for the RM
     ppo_dir = out / "ppo"
     ppo = [*("ppo", "--config", str(SANDBOX / "ppo/config_lora.yaml")), "--sft_model_path", str(sft_dir)]
-    ppo += ["--reward_model_path", str(sft_dir), "--normalize_reward", "false", "--output_dir", str(ppo_dir)]
+    rm_dir = untrained_reward_model(sft_dir, out / "rm")  # throughput only: the SFT weights with a new head
+    ppo += ["--reward_model_path", str(rm_dir), "--normalize_reward", "false", "--output_dir", str(ppo_dir)]
     ppo += ["--dtype", "bfloat16", "--bf16", "true", "--total_episodes", str(steps["ppo_episodes"])]
     ppo += ["--sandbox_eval_prompts", "64", "--save_steps", "4", *cpu]
     metrics = stage("ppo", ppo, results, ppo_dir)

@@ -1,6 +1,7 @@
 """`python -m tests.killed WHERE STEP <stage args>`: a pipeline stage that SIGKILLs itself at STEP.
 
-A helper for the crash-and-resume tests (not a test module). WHERE is `step`, inside the optimiser
+A helper for the crash-and-resume tests (not a test module); KILL_SIGNAL=SIGTERM or SIGINT sends that
+signal instead. WHERE is `step`, inside the optimiser
 step after STEP; `checkpoint`, inside the writing of checkpoint-STEP (its weights and optimiser
 written, its trainer state not yet); or `finish`, just before a stage's metrics are written (STEP
 unused). It patches transformers' Trainer, which runs base, SFT, RM, RLOO and GRPO, and our PPO
@@ -23,7 +24,8 @@ from pipeline.ppo.trainer import PPOTrainer
 
 
 def die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+    """SIGKILL, or the signal named by KILL_SIGNAL (SIGTERM: a scheduler's stop; SIGINT: Ctrl-C)."""
+    os.kill(os.getpid(), getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL")))
 
 
 def kill_in_step(at: int) -> None:

@@ -185,7 +185,10 @@ def test_a_wrong_type_on_the_command_line(tmp_path, capsys):
         ("ppo", "cliprange", "0", "'cliprange' must be > 0, got 0.0"),
         ("label", "num_responses", "1", "'num_responses' must be in [2, 9], got 1"),
         ("ppo", "response_length", "0", "'response_length' must be > 0, got 0"),
-        ("ppo", "temperature", "0", "temperature must be > 0"),
+        ("ppo", "temperature", "0", "'temperature' must be > 0"),
+        ("label", "temperature", "0", "'temperature' must be > 0"),
+        ("sft", "learning_rate", "inf", "'learning_rate' must be a finite number, got inf"),
+        ("ppo", "kl_coef", "nan", "'kl_coef' must be a finite number, got nan"),
         ("sft", "lora_dropout", "1.5", "'lora_dropout' must be in [0, 1]"),
     ],
 )
@@ -203,6 +206,11 @@ def test_a_recipe_that_is_missing_or_not_a_mapping_or_not_yaml(tmp_path, capsys)
     refused(["sft", "--config", tmp_path / "none.yaml"], capsys, f"recipe not found: {tmp_path / 'none.yaml'}")
     refused(["sft", "--config", recipe(tmp_path, "- a\n- b\n")], capsys, "recipe.yaml", "a mapping of key: value")
     refused(["sft", "--config", recipe(tmp_path, "a: [\n")], capsys, "recipe.yaml", "not valid YAML")
+
+
+def test_a_recipe_that_gives_a_key_twice(tmp_path, capsys):
+    text = (SMOKE / "sft/config_smoke.yaml").read_text() + "learning_rate: 1.0\n"
+    refused(["sft", "--config", recipe(tmp_path, text)], capsys, "recipe.yaml, line", "'learning_rate' is given twice")
 
 
 def test_a_recipe_without_a_required_key(tmp_path, capsys):
@@ -343,3 +351,102 @@ def test_eval_with_a_malformed_policy_or_reference(capsys):
     refused(
         ["eval", "--policies", "a=/tmp/x", "--reference", "b"], capsys, "--reference 'b' is not one of the policies"
     )
+
+
+# Data files that are not what they say
+
+
+def test_an_empty_file_or_a_glob_that_matches_nothing(tmp_path, capsys):
+    empty = tmp_path / "train.jsonl"
+    empty.write_text("")
+    refused(data(SFT_CARD, empty), capsys, f"{empty}: the file is empty")
+    refused(data(SFT_CARD, str(tmp_path / "nothing*.jsonl")), capsys, "no file matches", "nothing*.jsonl")
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path, capsys):
+    bad = tmp_path / "train.jsonl"
+    bad.write_bytes(json.dumps(GOOD).encode() + b"\n\xff" + json.dumps(GOOD).encode() + b"\n")
+    refused(data(SFT_CARD, bad), capsys, f"{bad}:2: not UTF-8 text (byte 0xff")
+
+
+def test_a_bad_line_after_a_byte_order_mark_is_named(tmp_path, capsys):
+    bad = tmp_path / "train.jsonl"
+    bad.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n{bad\n")
+    refused(data(SFT_CARD, bad), capsys, f"{bad}:2: not valid JSON")
+
+
+def test_a_damaged_tokenizer_or_weights_file_is_named(runs, tmp_path, capsys):
+    broken = shutil.copytree(runs / "sft", tmp_path / "broken")
+    (broken / "tokenizer.json").write_text('{"version": "1.0", "trunc')
+    evaluate = ["eval", "--policies", "--num_samples", "0", "--best_of_n", "0", "--num_prompts", "2"]
+    refused([*evaluate[:2], f"sft={broken}", *evaluate[2:]], capsys, f"{broken / 'tokenizer.json'} cannot be read")
+    cut = shutil.copytree(runs / "sft", tmp_path / "cut")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    refused(sft(tmp_path, model_name_or_path=cut), capsys, f"the weights in {weights} cannot be read", "damaged")
+
+
+# Nothing unchecked is published
+
+
+def test_a_causal_lm_is_refused_as_a_reward_model_and_a_reward_model_as_a_policy(models, tmp_path, capsys):
+    sft_dir, rm = models
+    out = tmp_path / "out"
+    refused(
+        ppo_args((sft_dir, sft_dir), out, normalize_reward="false"), capsys, "not a trained reward model", output=out
+    )
+    evaluate = ["eval", "--policies", f"sft={sft_dir}", "--output_dir", out]
+    refused([*evaluate, "--reward_model", sft_dir], capsys, f"--reward_model {sft_dir} is not a trained reward model")
+    refused(["eval", "--policies", f"rm={rm}", "--output_dir", out], capsys, f"{rm} is a reward model")
+
+
+def test_weights_that_training_made_nan_are_not_published(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = sft(tmp_path, model_name_or_path=runs / "base", learning_rate="1e30", max_steps=1, sandbox_eval_prompts=0)
+    refused(argv, capsys, "is not finite (NaN or inf): nothing is published", output=out)
+    assert (tmp_path / "out.partial").is_dir()  # the run is kept for a look
+
+
+def test_a_reward_model_with_no_pair_that_fits_max_length(runs, tmp_path, capsys):
+    out = tmp_path / "rm"
+    argv = stage_args(
+        "rm", SMOKE / "rm/config_smoke.yaml", model_name_or_path=runs / "sft", output_dir=out, max_length=8
+    )
+    refused([*argv, "--dataset_test_split", "null"], capsys, "no training row is left", "max_length", output=out)
+
+
+def test_held_out_figures_are_never_measured_on_training_rows(runs, tmp_path, capsys):
+    rows = jsonl(tmp_path / "pairs.jsonl", [pair(f"yes {i}", f"no {i}") for i in range(20)])
+    out = tmp_path / "rm"
+    card = "data_cards/ultrafeedback_binarized.md"
+    keys = {"model_name_or_path": runs / "sft", "output_dir": out, "dataset_card": card, "data_files": rows}
+    argv = stage_args("rm", SMOKE / "rm/config_smoke.yaml", **keys)
+    refused(argv, capsys, "share rows", "train[:90%]", output=out)
+    refused([*argv, "--dataset_train_split", "train[:12]", "--dataset_test_split", "train[10:]"], capsys, "share rows")
+
+
+def test_preference_rows_that_mix_messages_and_text(tmp_path, capsys):
+    rows = jsonl(tmp_path / "pairs.jsonl", [pair("a", "b"), {"prompt": "q", "chosen": "a", "rejected": "b"}])
+    refused(data("data_cards/ultrafeedback_binarized.md", rows), capsys, "usable row 2 has text in 'prompt'")
+
+
+def test_a_size_below_one_in_a_command(runs, tmp_path, capsys):
+    refused([*data(SFT_CARD), "--max_rows", "0"], capsys, "--max_rows must be at least 1, got 0")
+    evaluate = ["eval", "--policies", f"sft={runs / 'sft'}", "--output_dir", tmp_path / "e"]
+    refused([*evaluate, "--num_prompts", "0"], capsys, "--num_prompts must be at least 1")
+    refused([*evaluate, "--num_samples", "-1"], capsys, "--num_samples must be 0 or more")
+
+
+def test_lora_target_modules_the_model_lacks_are_listed_with_those_it_has(runs, tmp_path, capsys):
+    argv = [*sft(tmp_path, model_name_or_path=runs / "base", use_peft="true"), "--lora_target_modules", "qkv", "q_proj"]
+    refused(argv, capsys, "['qkv'] are not layers", "'v_proj'")
+
+
+def test_a_tracker_that_is_misspelt_or_not_installed(tmp_path, capsys):
+    refused(sft(tmp_path, report_to="tensorbord"), capsys, "'tensorbord' is no tracker", "did you mean 'tensorboard'")
+    refused(sft(tmp_path, report_to="clearml"), capsys, "'clearml': the clearml package is not installed")
+
+
+def test_a_push_while_offline_says_so(runs, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", "hf_FakeTokenNeverSent")  # the suite runs with HF_HUB_OFFLINE=1 (conftest)
+    refused(["push", runs / "sft", "--repo_id", "user/model"], capsys, "could not reach the Hub", "--dry_run")

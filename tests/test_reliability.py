@@ -126,3 +126,21 @@ def test_no_checkpoint_is_unpickled_and_no_remote_code_runs_by_default():
     assert loads and all("weights_only=True" in line for _, line in loads)
     assert not any(re.search(r"^\s*import pickle|pickle\.loads?\(", text, re.M) for text in sources.values())
     assert "trust_remote_code: bool = False" in sources[ROOT / "pipeline" / "configs.py"]
+
+
+STOPS = [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")]
+
+
+@pytest.mark.parametrize(("signal_name", "status", "said"), STOPS)
+def test_a_stopped_run_says_where_it_stopped_and_frees_its_folder(runs, tmp_path, signal_name, status, said):
+    """A scheduler's SIGTERM, like Ctrl-C: one line naming the checkpoint to resume from, the lock released."""
+    out = tmp_path / "sft"
+    args = stage_args("sft", SMOKE / "sft/config_smoke.yaml", model_name_or_path=runs / "base", output_dir=out)
+    command = [sys.executable, "-m", "tests.killed", "step", "27", *map(str, args), "--sandbox_eval_prompts", "0"]
+    env = {**os.environ, "KILL_SIGNAL": signal_name}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == status and "Traceback" not in result.stderr, result.stderr[-2000:]
+    work = outputs.partial_dir(out)
+    assert errors == [f"error: {said}: {work} keeps checkpoint-25: the same command resumes from there"]
+    assert not locks.lock_path(out).exists() and (work / "checkpoint-25").is_dir()

@@ -46,24 +46,41 @@ def _first_bad_json_line(files: str) -> str | None:
     """Where a JSON-lines file first fails to parse, as `path:line: reason`; None when every line parses."""
     for path in sorted(glob.glob(files)) if any(ch in files for ch in "*?[") else [files]:
         opener = gzip.open if path.endswith(".gz") else open
+        number = 0
         try:
-            with opener(path, "rt", encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
+            # bytes, so that a line that is not UTF-8 is named; a byte-order mark at the start is no error
+            with opener(path, "rb") as f:
+                for number, raw in enumerate(f, 1):
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                     if line.strip():
                         json.loads(line)
         except json.JSONDecodeError as error:
             return f"{path}:{number}: not valid JSON ({error.msg}, column {error.colno})"
-        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
+        except UnicodeDecodeError as error:
+            return f"{path}:{number}: not UTF-8 text (byte {error.object[error.start]:#04x} at column {error.start + 1})"
+        except (OSError, EOFError, zlib.error) as error:
             return f"{path}: cannot be read ({error})"
     return None
 
 
 def _load_local(files: str, split: str = "train") -> datasets.Dataset:
-    if not any(ch in files for ch in "*?[") and not Path(files).exists():
+    matched = sorted(glob.glob(files)) if any(ch in files for ch in "*?[") else [files]
+    if not matched:
+        raise DataError(f"no file matches {files}")
+    if not Path(matched[0]).exists():
         raise DataError(f"data file not found: {files}")
+    if all(Path(path).is_file() and Path(path).stat().st_size == 0 for path in matched):
+        raise DataError(f"{files}: the file is empty")
     try:
         return datasets.load_dataset(_builder(files), data_files=files, split=split)
-    except (ValueError, OSError, EOFError, zlib.error, datasets.exceptions.DatasetGenerationError) as error:
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        StopIteration,
+        zlib.error,
+        datasets.exceptions.DatasetGenerationError,
+    ) as error:
         where = _first_bad_json_line(files) if files.endswith((".jsonl", ".gz")) else None
         raise DataError(where or f"{files}: cannot be read as {_builder(files)} ({error})") from error
 
@@ -133,4 +150,18 @@ def load_card(
     if not rows:
         raise DataError(f"{report.summary()}: nothing left to use")
     logger.info(report.summary())
+    _require_one_kind(rows, card.path, split)
     return datasets.Dataset.from_list(rows), report
+
+
+def _require_one_kind(rows: list[dict], where: Path, split: str) -> None:
+    """Every row holds the same kind in each column: conversations (lists of messages) or plain text, not both."""
+    first = {key: isinstance(value, list) for key, value in rows[0].items()}
+    for number, row in enumerate(rows[1:], 2):
+        for key, value in row.items():
+            if key in first and value is not None and isinstance(value, list) != first[key]:
+                kinds = ("messages", "text") if first[key] else ("text", "messages")
+                raise DataError(
+                    f"{where} [{split}]: usable row {number} has {kinds[1]} in {key!r} where row 1 has {kinds[0]}: "
+                    "a dataset holds one kind, conversations or plain text"
+                )

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from pipeline import outputs
 from pipeline.configs import ScriptArguments
-from pipeline.data import load_card
+from pipeline.data import load_card, read_card
 from pipeline.data.fitting import fit_prompts
+from pipeline.data.loading import raw_split
 from pipeline.distributed import rank_divergence
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.evaluation import evaluate_policy
@@ -74,12 +76,33 @@ def run_loss(log_history: list[dict]) -> float | None:
     return total / steps if steps else None
 
 
+def _rows_of(split: str, size: int) -> range:
+    """The rows of a one-file split (`train`, or a slice such as `train[90%:]`) of a file of `size` rows."""
+    part = datasets.ReadInstruction.from_spec(split if "[" in split else "train").to_absolute({"train": size})[0]
+    return range(part.from_ or 0, size if part.to is None else part.to)
+
+
+def require_held_out(card: str, files: str, train_split: str, test_split: str) -> None:
+    """With `data_files` every split is the one file: the held-out rows must be a slice apart from the training
+    rows, or the held-out figures (RM accuracy, reward statistics, eval loss) would be measured on training rows."""
+    size = len(raw_split(read_card(card), "train", files))
+    train, test = _rows_of(train_split, size), _rows_of(test_split, size)
+    if max(train.start, test.start) < min(train.stop, test.stop):
+        raise RecipeError(
+            f"with data_files {files}, splits {train_split!r} and {test_split!r} share rows: held-out figures "
+            "would be measured on training rows; give each a slice (dataset_train_split: 'train[:90%]', "
+            "dataset_test_split: 'train[90%:]') or set dataset_test_split: null"
+        )
+
+
 def load_datasets(script_args: ScriptArguments) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """The train split and the optional eval split of the recipe's data card."""
+    """The train split and the optional eval split of the recipe's data card (never the same rows)."""
     card, files = script_args.dataset_card, script_args.data_files
     train, _ = load_card(card, script_args.dataset_train_split, files, script_args.max_train_samples)
     if not script_args.dataset_test_split:
         return train, None
+    if files:
+        require_held_out(card, files, script_args.dataset_train_split, script_args.dataset_test_split)
     evaluation, _ = load_card(card, script_args.dataset_test_split, files, script_args.max_eval_samples)
     return train, evaluation
 
@@ -104,6 +127,19 @@ def fit_long_prompts(
     return fit(train, script_args.dataset_train_split), evaluation and fit(evaluation, script_args.dataset_test_split)
 
 
+def check_publishable(model: torch.nn.Module, steps: int, where: Path) -> None:
+    """A stage publishes only what it trained: at least one optimiser step, and every weight finite."""
+    if steps < 1:
+        raise PipelineError(f"no optimiser step was taken: nothing is published ({where} keeps the run)")
+    for name, param in model.named_parameters():
+        local = param.to_local() if hasattr(param, "to_local") else param  # FSDP2: this rank's shard
+        if not torch.isfinite(local.detach()).all():
+            raise PipelineError(
+                f"the trained weight {name} is not finite (NaN or inf): nothing is published ({where} keeps the "
+                "run); lower the learning rate, or check the data, then run again"
+            )
+
+
 def train_evaluate_save(
     trainer: Trainer,
     tokenizer: PreTrainedTokenizerBase,
@@ -112,12 +148,29 @@ def train_evaluate_save(
     resume: bool,
     output_dir: str,
     evaluate: Callable[[PreTrainedModel], dict] | None = None,
+    given_rows: int | None = None,
 ) -> dict:
     """Train (resuming a checkpoint of the same recipe), measure, save into `work`, move to `output_dir`.
 
-    `evaluate` adds a stage's own figures, measured on the trained model before it is saved.
+    `evaluate` adds a stage's own figures, measured on the trained model before it is saved. `given_rows`:
+    the rows handed to a trainer that may drop some (RewardTrainer drops pairs over `max_length`), counted.
     """
     args = trainer.args
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise PipelineError(
+            f"{script_args.dataset_card}: no training row is left (the trainer drops rows longer than max_length "
+            f"{getattr(args, 'max_length', None)}): raise max_length, or set fit_prompts: true"
+        )
+    if given_rows is not None and kept < given_rows:
+        logger.warning(
+            "%s: %d of %d training rows are longer than max_length (%s) and are left out; %d train",
+            script_args.dataset_card,
+            given_rows - kept,
+            given_rows,
+            getattr(args, "max_length", None),
+            kept,
+        )
     effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     logger.info(
         "effective batch size %d (%d per device x %d accumulation x %d processes)",
@@ -126,13 +179,23 @@ def train_evaluate_save(
         args.gradient_accumulation_steps,
         args.world_size,
     )
+    planned = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * -(-kept // effective))
+    if args.max_steps <= 0 and args.num_train_epochs > 100:
+        logger.warning(
+            "num_train_epochs %g over %d rows is %d optimiser steps: is that meant?",
+            args.num_train_epochs,
+            kept,
+            planned,
+        )
     if resume:
         logger.info("resuming from the last checkpoint in %s", work)
     trainer.add_callback(StopOnNonFinite())
     trainer.add_callback(LogAtCheckpoints())
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     logged_loss = run_loss(trainer.state.log_history)
+    check_publishable(trainer.model, result.global_step, work)
     metrics = {
+        "train_rows": kept,
         "train_loss": result.training_loss if logged_loss is None else logged_loss,
         "train_runtime": result.metrics["train_runtime"],
         "train_steps": result.global_step,
@@ -141,7 +204,9 @@ def train_evaluate_save(
     }
     if args.world_size > 1:
         metrics["rank_divergence"] = rank_divergence(trainer.model)
-    if trainer.eval_dataset is not None:
+    if trainer.eval_dataset is not None and len(trainer.eval_dataset) == 0:
+        logger.warning("%s: every held-out row is longer than max_length: no eval_loss", script_args.dataset_card)
+    elif trainer.eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     if script_args.sandbox_eval_prompts:
         metrics.update(

@@ -19,7 +19,7 @@ from pipeline import outputs
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
 from pipeline.evaluation import RULE, Answers, answer, compare
-from pipeline.models import load_policy, load_scorer, load_tokenizer, require_same_vocabulary
+from pipeline.models import load_policy, load_scorer, load_tokenizer, require_reward_model, require_same_vocabulary
 from pipeline.reward import load_reward_reader
 from pipeline.sampling import plain, sampling_generator
 from pipeline.sandbox.evaluation import is_sandbox
@@ -149,7 +149,7 @@ def run(config: EvalConfig) -> dict:
     names = list(config.policies)
     if config.reference is not None and config.reference not in config.policies:
         raise PipelineError(f"--reference {config.reference!r} is not one of the policies {names}")
-    for key in ("num_prompts", "batch_size"):
+    for key in ("num_prompts", "batch_size", "max_new_tokens"):
         if getattr(config, key) < 1:
             raise PipelineError(f"--{key} must be at least 1, got {getattr(config, key)}")
     for key in ("num_samples", "best_of_n"):
@@ -172,6 +172,7 @@ def run(config: EvalConfig) -> dict:
         reference = load_policy(config.policies[config.reference], model_args, config.trust_remote_code).eval()
     reward_model, reader = None, None
     if config.reward_model is not None:
+        require_reward_model(config.reward_model, "--reward_model")
         require_same_vocabulary(tokenizer, config.reward_model, "the reward model", base_name, config.trust_remote_code)
         reward_model = load_scorer(config.reward_model, model_args, tokenizer.pad_token_id, config.trust_remote_code)
         reward_model.eval()

@@ -21,6 +21,7 @@ from pipeline.models import (
     load_causal_lm,
     load_scorer,
     load_tokenizer,
+    require_reward_model,
     require_same_vocabulary,
 )
 from pipeline.reward import RewardReader, load_reward_reader, response_rewards
@@ -82,6 +83,7 @@ def run(
 
     # Models: the SFT policy (full or LoRA) and the frozen reward model, plus the gold judge in the sandbox
     tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
+    require_reward_model(reward_args.reward_model_path, "reward_model_path")
     require_same_vocabulary(
         tokenizer,
         reward_args.reward_model_path,

@@ -30,6 +30,7 @@ from pipeline.models import (
     load_scorer,
     load_tokenizer,
     prepare_quantized,
+    require_reward_model,
     require_same_vocabulary,
 )
 from pipeline.ppo.evaluation import compare_to_sft, ptx_losses
@@ -37,6 +38,7 @@ from pipeline.ppo.trainer import PPOTrainer
 from pipeline.reward import load_reward_reader
 from pipeline.sandbox.evaluation import balanced_indices, family, gold_rewards, is_sandbox
 from pipeline.sandbox.tasks import test_prompts
+from pipeline.stages.common import check_publishable, require_held_out
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,14 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     )
     prompts = [row["prompt"] for row in prompt_rows]
     sandbox = is_sandbox(prompts)
+    held_out_split = not (sandbox and script_args.sandbox_eval_prompts)  # else the sandbox's test prompts
+    if script_args.data_files and script_args.dataset_test_split and held_out_split:
+        require_held_out(
+            script_args.dataset_card,
+            script_args.data_files,
+            script_args.dataset_train_split,
+            script_args.dataset_test_split,
+        )
     if sandbox and script_args.balance_families:
         prompts = [prompts[i] for i in balanced_indices(prompts)]
     if args.gold_reward_scale and not sandbox:
@@ -109,6 +119,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     tokenizer = load_tokenizer(
         dataclasses.replace(model_args, model_name_or_path=args.sft_model_path), args.trust_remote_code
     )
+    require_reward_model(args.reward_model_path, "reward_model_path")
     value_path = args.value_model_path or args.reward_model_path
     for path, what in ((args.reward_model_path, "the reward model"), (value_path, "the value model")):
         require_same_vocabulary(tokenizer, path, what, f"the policy {args.sft_model_path}", args.trust_remote_code)
@@ -208,6 +219,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         if args.ptx_dataset_card:
             ptx_eval, _ = load_card(args.ptx_dataset_card, args.ptx_eval_split, max_rows=200)
             metrics["ptx_loss"], metrics["ptx_loss_sft"] = ptx_losses(trainer, ptx_eval["text"])
+    check_publishable(trainer.policy, trainer.step, work)
     state_dict = accelerator.get_state_dict(trainer.model)  # gathered on the main process
     if accelerator.is_main_process:
         outputs.write_jsonl(work / outputs.PPO_SAMPLES_FILE, samples)

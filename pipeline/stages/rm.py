@@ -70,4 +70,6 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
         if held_out
         else None
     )
-    return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir, evaluate)
+    return train_evaluate_save(
+        trainer, tokenizer, script_args, work, resume, output_dir, evaluate, given_rows=len(train_dataset)
+    )

@@ -26,6 +26,7 @@ from typing import Any
 from scripts.bench import settings
 from scripts.bench.settings import FULL, LORA, LORA_KEYS, LORA_LEARNING_RATE, QUICK, ROOT, TRAINER_QUIET, Size
 from scripts.bench.table import markdown
+from scripts.reward_head import untrained_reward_model
 
 Result = dict[str, Any]
 
@@ -195,7 +196,8 @@ def compare(run: Runner, size: Size, args: argparse.Namespace, bench: dict) -> d
     compare_ppo(run, bench, runs, "ppo", size.pairs, size.ppo, size.recipes["ppo"], models)
     if size.smollm2 and has_smollm2(args):
         # A real vocabulary; the base model is policy and, with a new score head, reward model: speed and memory only
-        recipe, models = settings.SMOLLM2_PPO_RECIPE, (args.smollm2, args.smollm2, 0, 0)
+        rm = untrained_reward_model(args.smollm2, Path(args.output_dir) / "smollm2_rm")
+        recipe, models = settings.SMOLLM2_PPO_RECIPE, (args.smollm2, str(rm), 0, 0)
         compare_ppo(run, bench, runs, "ppo_smollm2", size.pairs, settings.PPO_SMOLLM2, recipe, models)
 
     rollout = {

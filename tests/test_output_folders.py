@@ -1,0 +1,109 @@
+"""An output folder is the run's own: what a run did not make is never deleted, moved or overwritten.
+
+Each case is refused before any work, with one `error:` line and exit 2, and leaves what was there as it was.
+"""
+
+import subprocess
+
+import pytest
+
+from pipeline import locks, outputs
+from pipeline.errors import PipelineError
+from tests.conftest import SMOKE, ppo_args, stage_args
+from tests.test_bad_inputs import refused
+
+
+def sft_args(runs, output_dir, **overrides):
+    base = overrides.pop("model_name_or_path", runs / "base")
+    return stage_args(
+        "sft", SMOKE / "sft/config_smoke.yaml", model_name_or_path=base, output_dir=output_dir, **overrides
+    )
+
+
+def snapshot(folder):
+    return sorted((p.relative_to(folder), p.read_bytes() if p.is_file() else None) for p in folder.rglob("*"))
+
+
+def test_a_project_checkout_is_refused_and_kept_whole(runs, tmp_path, capsys):
+    checkout = tmp_path / "project"
+    checkout.mkdir()
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    (checkout / "notes.txt").write_text("uncommitted work")
+    before = snapshot(checkout)
+    refused(sft_args(runs, checkout), capsys, str(checkout), "git repository")
+    assert snapshot(checkout) == before and not outputs.partial_dir(checkout).exists()
+
+
+def test_a_folder_of_someone_elses_files_is_refused(runs, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"\xff\xd8")
+    refused(sft_args(runs, folder), capsys, str(folder), "not a finished output")
+    assert (folder / "cat.jpg").read_bytes() == b"\xff\xd8"
+
+
+def test_an_existing_file_is_refused_and_not_moved(runs, tmp_path, capsys):
+    target = tmp_path / "model.bin"
+    target.write_text("keep me")
+    refused(sft_args(runs, target), capsys, str(target), "existing file")
+    assert target.read_text() == "keep me" and not target.with_name("model.bin.old").exists()
+
+
+@pytest.mark.parametrize("where", [".", "/"])
+def test_the_working_directory_and_the_root_are_refused(runs, where, capsys):
+    refused(sft_args(runs, where), capsys, "working directory or a folder above it")
+
+
+def test_a_stage_never_writes_over_its_own_input(runs, models, tmp_path, capsys):
+    sft, rm = models
+    before = snapshot(sft)
+    refused(sft_args(runs, sft, model_name_or_path=sft), capsys, f"output_dir {sft} is the run's input")
+    refused(ppo_args(models, sft), capsys, "is the run's input")
+    refused(ppo_args(models, rm), capsys, "is the run's input")
+    refused(ppo_args(models, sft / "ppo"), capsys, "is inside the run's input")
+    refused(ppo_args(models, sft.parent), capsys, "contains the run's input")
+    evaluate = ["eval", "--policies", f"sft={sft}", "--num_prompts", "2", "--output_dir", sft]
+    refused(evaluate, capsys, "is the run's input")
+    assert snapshot(sft) == before
+
+
+def test_a_data_file_is_an_input_too(runs, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rows.jsonl").write_text("{}\n")
+    refused(sft_args(runs, data, data_files=data / "rows.jsonl"), capsys, "contains the run's input")
+
+
+def test_finish_replaces_only_a_finished_output(tmp_path):
+    work, target = tmp_path / "run.partial", tmp_path / "run"
+    work.mkdir()
+    (work / "model.safetensors").write_text("new")
+    target.mkdir()
+    (target / "thesis.tex").write_text("mine")
+    with pytest.raises(PipelineError, match="not a finished output of this pipeline: it is kept"):
+        outputs.finish(work, target)
+    assert (target / "thesis.tex").read_text() == "mine" and (work / "model.safetensors").is_file()
+    (target / "thesis.tex").unlink()
+    (target / outputs.RECIPE_FILE).write_text("stage: sft\n")
+    (target / outputs.METRICS_FILE).write_text("{}")
+    outputs.finish(work, target)
+    assert (target / "model.safetensors").read_text() == "new" and not work.exists()
+
+
+def test_a_run_resumes_only_when_its_data_files_hold_what_they_held(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "a"}\n')
+    out, recipe = tmp_path / "run", {"data_files": str(rows), "seed": 0}
+
+    def start() -> bool:
+        work, resume = outputs.start(out, "sft", recipe)
+        locks.release(out)
+        return resume
+
+    assert not start()
+    checkpoint = outputs.partial_dir(out) / "checkpoint-1"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    assert start()  # the same recipe and the same data: resumed
+    rows.write_text('{"text": "b"}\n')
+    assert not start() and not checkpoint.exists()  # edited data: started again

@@ -193,8 +193,8 @@ def _headline(evaluation: dict) -> list[str]:
     if reference is None or "gold" not in policies.get(reference, {}):
         return []
 
-    def figure(value: dict) -> str:
-        return f"{value['mean']:+.3f} [{value['ci'][0]:+.3f}, {value['ci'][1]:+.3f}]"
+    def figure(value: dict, sign: str = "+") -> str:
+        return f"{value['mean']:{sign}.3f} [{value['ci'][0]:{sign}.3f}, {value['ci'][1]:{sign}.3f}]"
 
     ref = policies[reference]
     lines = [
@@ -212,9 +212,9 @@ def _headline(evaluation: dict) -> list[str]:
         line += figure(evaluation["gold_difference"][name][reference]) + " greedy"
         if name in evaluation.get("gold_sampled_difference", {}):
             line += ", " + figure(evaluation["gold_sampled_difference"][name][reference]) + " sampled"
-        line += f"; gold win-rate {figure(evaluation['gold_win_rate'][name][reference])}"
+        line += f"; gold win-rate {figure(evaluation['gold_win_rate'][name][reference], '')}"
         if name != "rule" and "rule" in evaluation["gold_win_rate"][name]:
-            line += f", against the rule baseline {figure(evaluation['gold_win_rate'][name]['rule'])}"
+            line += f", against the rule baseline {figure(evaluation['gold_win_rate'][name]['rule'], '')}"
         if "kl_to_reference" in policy:
             line += f"; KL to {reference} {policy['kl_to_reference']['mean']:.2f} nats"
         lines.append(line)

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
-        print(f"error: {how}: {_where_it_stopped()}", file=sys.stderr)
+        print(f"\nerror: {how}: {_where_it_stopped()}", file=sys.stderr)  # below a progress bar's line
         return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
     except Exception as error:
         if not is_disk_full(error):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from peft import LoraConfig, get_peft_model
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, modeling_utils
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, modeling_utils
 
 from pipeline.cli import main
 from pipeline.locks import lock_path
@@ -169,7 +169,11 @@ def test_a_typo_on_the_command_line_suggests_the_key(tmp_path, capsys):
 
 
 def test_a_wrong_type_in_a_recipe(tmp_path, capsys):
-    text = (SMOKE / "sft/config_smoke.yaml").read_text() + "per_device_train_batch_size: 2.5\n"
+    text = (
+        (SMOKE / "sft/config_smoke.yaml")
+        .read_text()
+        .replace("per_device_train_batch_size: 32", "per_device_train_batch_size: 2.5")
+    )
     refused(["sft", "--config", recipe(tmp_path, text)], capsys, "'per_device_train_batch_size' expects int")
 
 
@@ -272,6 +276,12 @@ def adapter(runs, tmp_path_factory) -> Path:
 def test_an_adapter_where_a_stage_starts_from_full_weights(runs, adapter, tmp_path, capsys):
     argv = stage_args("rm", SMOKE / "rm/config_smoke.yaml", model_name_or_path=adapter, output_dir=tmp_path / "rm")
     refused(argv, capsys, f"{adapter} is a LoRA adapter (on {runs / 'base'})", "pipeline merge", output=tmp_path / "rm")
+
+
+def test_merge_never_writes_over_its_adapter(adapter, capsys):
+    before = sorted((p.name, p.stat().st_size) for p in adapter.iterdir())
+    refused(["merge", adapter, "--output_dir", adapter], capsys, f"output_dir {adapter} is the run's input")
+    assert sorted((p.name, p.stat().st_size) for p in adapter.iterdir()) == before
 
 
 def test_an_adapter_whose_base_differs_from_the_recipes(runs, adapter, tmp_path, capsys):
@@ -400,9 +410,17 @@ def test_a_causal_lm_is_refused_as_a_reward_model_and_a_reward_model_as_a_policy
     refused(["eval", "--policies", f"rm={rm}", "--output_dir", out], capsys, f"{rm} is a reward model")
 
 
-def test_weights_that_training_made_nan_are_not_published(runs, tmp_path, capsys):
+def test_weights_that_training_made_nan_are_not_published(runs, tmp_path, capsys, monkeypatch):
+    train = Trainer.train
+
+    def spoiled(self, *args, **kwargs):  # a last step that turns a weight to NaN, after every logged check
+        result = train(self, *args, **kwargs)
+        next(self.model.parameters()).data.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(Trainer, "train", spoiled)
     out = tmp_path / "out"
-    argv = sft(tmp_path, model_name_or_path=runs / "base", learning_rate="1e30", max_steps=1, sandbox_eval_prompts=0)
+    argv = sft(tmp_path, model_name_or_path=runs / "base", max_steps=1, sandbox_eval_prompts=0)
     refused(argv, capsys, "is not finite (NaN or inf): nothing is published", output=out)
     assert (tmp_path / "out.partial").is_dir()  # the run is kept for a look
 

@@ -33,9 +33,11 @@ def test_finish_replaces_the_old_output_atomically(tmp_path):
     out = tmp_path / "sft"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "recipe.yaml").write_text("stage: sft\n")  # a finished output of an earlier run
+    (out / "metrics.json").write_text("{}")
     work, _ = outputs.start(out, "sft", {})
     (work / "checkpoint-5").mkdir()
     outputs.write_metrics(work, {"train_loss": 1.0})
     outputs.finish(work, out)
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "recipe.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["inputs.json", "metrics.json", "recipe.yaml"]
     assert not work.exists() and not (tmp_path / "sft.old").exists()

@@ -44,4 +44,4 @@ def test_qlora_sft_rm_and_ppo_train_adapters_on_4bit_weights(runs, tmp_path):
     assert main(stage_args("ppo", SMOKE / "ppo/config_smoke.yaml", **overrides)) == 0
     log = [json.loads(line) for line in (ppo / "log.jsonl").read_text().splitlines()]
     assert len(log) == 4 and all(row["policy/approxkl"] >= 0 for row in log)
-    assert (ppo / "adapter_model.safetensors").is_file() and "gold_mean" in metrics(ppo)
+    assert (ppo / "adapter_model.safetensors").is_file() and "gold_mean" in metrics(ppo)["eval"]["policies"]["ppo"]

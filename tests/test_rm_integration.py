@@ -103,6 +103,13 @@ def test_hh_rlhf_smoke_rm_run_cuts_long_prompts_from_the_left(runs, caplog):
         assert main(args) == 0
     fitted = re.search(r"\[train\[:200\]\]: (\d+) of (\d+) rows longer than max_length \(128 tokens\)", caplog.text)
     assert fitted and int(fitted[1]) > 0 and int(fitted[2]) > 150  # multi-turn prompts lost their first turns
+    # The held-out pairs are read as training read its pairs: cut by the same rule, the rest left out
+    held_out = re.search(
+        r"held-out lists longer than max_length \(128 tokens\): (\d+) cut from the left, (\d+) left out, of (\d+)",
+        caplog.text,
+    )
     found = metrics(out)
-    assert found["eval_pairs"] > 250 and 0.0 <= found["eval_accuracy"] <= 1.0
+    assert (
+        held_out and found["eval_pairs"] == int(held_out[3]) - int(held_out[2]) and 0.0 <= found["eval_accuracy"] <= 1.0
+    )
     assert "bayes_accuracy" not in found  # real data: no gold judge

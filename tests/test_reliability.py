@@ -4,6 +4,7 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -138,7 +139,16 @@ def test_a_stopped_run_says_where_it_stopped_and_frees_its_folder(runs, tmp_path
     args = stage_args("sft", SMOKE / "sft/config_smoke.yaml", model_name_or_path=runs / "base", output_dir=out)
     command = [sys.executable, "-m", "tests.killed", "step", "27", *map(str, args), "--sandbox_eval_prompts", "0"]
     env = {**os.environ, "KILL_SIGNAL": signal_name}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    # As a terminal's foreground job gets it: a shell's background job (CI's, say) starts with SIGINT ignored
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode == status and "Traceback" not in result.stderr, result.stderr[-2000:]
     work = outputs.partial_dir(out)

@@ -151,6 +151,7 @@ def compare(
     answers: dict[str, Answers],
     reference: str | None,
     sandbox: bool,
+    temperature: float,
     seed: int = 0,
 ) -> tuple[dict, list[dict]]:
     """(metrics, one sample row per prompt) of policies that answered the same prompts.
@@ -179,6 +180,7 @@ def compare(
         "prompts": len(conversations),
         "samples_per_prompt": {n: len(a.samples[0]) if a.samples else 0 for n, a in answers.items()},
         "reference": reference,
+        "temperature": temperature,
         "policies": policies,
     }
     if all(a.rm for a in answers.values()):

@@ -54,7 +54,7 @@ def _run(tmp_path, with_ppo=True):
             ]
             _jsonl(tmp_path / stage / "log.jsonl", rows)
     answers = {"sft": _answers(0.0, 3), "ppo": _answers(0.4, 1)} if with_ppo else {"sft": _answers(0.0, 1)}
-    evaluation, _ = compare(PROMPTS, answers, "sft", sandbox=True)
+    evaluation, _ = compare(PROMPTS, answers, "sft", sandbox=True, temperature=1.0)
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps(evaluation))
     (tmp_path / "eval" / "eval.md").write_text("# Evaluation on 2 prompts\n\n## Samples\n\n| prompt |\n")

@@ -76,6 +76,4 @@ def compare_to_sft(
     """The eval stage's metrics and samples for the trained policy (`ppo`) and the SFT policy (`sft`) on held-out
     prompts: greedy, and `num_samples` sampled answers per prompt."""
     out = _answers(trainer, conversations, batch_size, num_samples)
-    metrics, samples = compare(conversations, out, "sft", sandbox, trainer.args.seed)
-    metrics["temperature"] = trainer.args.temperature
-    return metrics, samples
+    return compare(conversations, out, "sft", sandbox, trainer.args.temperature, trainer.args.seed)

@@ -203,8 +203,7 @@ def run(config: EvalConfig) -> dict:
         if is_reference:
             answers[name].kl = [0.0] * len(conversations)
 
-    metrics, samples = compare(conversations, answers, config.reference, sandbox, config.seed)
-    metrics["temperature"] = config.temperature
+    metrics, samples = compare(conversations, answers, config.reference, sandbox, config.temperature, config.seed)
     outputs.write_jsonl(work / outputs.EVAL_SAMPLES_FILE, samples)
     (work / outputs.EVAL_REPORT_FILE).write_text(_markdown(metrics, samples))
     outputs.write_metrics(work, metrics)

@@ -18,7 +18,7 @@ def _run_recipe_stage(stage: Stage, config: str, overrides: list[str]) -> None:
     from pipeline import distributed  # torch, TRL: only when a stage runs
     from pipeline.configs import load_configs, require_trackers
 
-    distributed.use_cpu_ranks_without_gpu()
+    distributed.start_ranks()
     configs, recipe = load_configs(stage, config, overrides)
     require_trackers(recipe)
     stage.run(configs, recipe)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from pipeline.distributed import CPU_BACKEND, cpu_ranks
 from pipeline.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -391,6 +392,9 @@ def build_configs(stage: Stage, values: dict[str, Any], source: str = "recipe") 
         # Every trainable weight of our models takes part in each forward pass; under DDP, searching
         # for unused ones would cost a traversal of the autograd graph every step
         checked.setdefault("ddp_find_unused_parameters", False)
+    if "ddp_backend" in hints and cpu_ranks():
+        # transformers sets the process group up again from its own arguments: DeepSpeed's CPU ranks need gloo
+        checked.setdefault("ddp_backend", CPU_BACKEND)
     configs = []
     for cls in classes:
         names = {f.name for f in dataclasses.fields(cls) if f.init}

@@ -4,19 +4,71 @@ from __future__ import annotations
 
 import os
 
+import accelerate
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, gather, gather_object
+from trl.models.utils import prepare_deepspeed
+
+from pipeline.errors import PipelineError
+
+CPU_BACKEND = "gloo"
+ENGINES = {"ACCELERATE_USE_DEEPSPEED": DistributedType.DEEPSPEED, "ACCELERATE_USE_FSDP": DistributedType.FSDP}
 
 
-def use_cpu_ranks_without_gpu() -> None:
-    """Ranks started by a launcher on a machine without CUDA train on the CPU over gloo.
+def cpu_ranks() -> bool:
+    """Whether this process is one of several ranks on a machine without CUDA."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def requested_engine() -> DistributedType | None:
+    """The sharding engine the launcher's config names (accelerate passes it on as an environment flag)."""
+    named = [engine for flag, engine in ENGINES.items() if os.environ.get(flag, "false").lower() == "true"]
+    return named[0] if named else None
+
+
+def start_ranks() -> None:
+    """Ranks that a launcher started on a machine without CUDA: on the CPU over gloo, in the engine asked for.
 
     accelerate 1.15's multi-GPU launcher does not pass a config's `use_cpu: true` on to the ranks, and
-    without it each rank trains alone; `ACCELERATE_USE_CPU` is what transformers and accelerate read.
+    without it each rank trains alone: data-parallel ranks set `ACCELERATE_USE_CPU`, which transformers
+    and accelerate read. DeepSpeed runs on its own CPU accelerator once the process group is gloo; it must
+    not see `ACCELERATE_USE_CPU`, which would quietly turn it into data parallelism. accelerate enables
+    FSDP only on GPU-type devices, so FSDP on CPU ranks stops here instead of running data-parallel.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+    if not cpu_ranks():
+        return
+    engine = requested_engine()
+    if engine is None:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+        return
+    state = PartialState(backend=CPU_BACKEND)
+    if engine == DistributedType.FSDP and state.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU):
+        raise PipelineError(
+            f"the accelerate config asks for FSDP, which accelerate {accelerate.__version__} runs only on GPUs; "
+            "this machine has none: on CPUs use recipes/accelerate_configs/zero3.yaml (DeepSpeed ZeRO-3 "
+            "shards the weights too), zero2.yaml or multi_cpu.yaml"
+        )
+
+
+def engine(accelerator: Accelerator) -> str:
+    """The engine a run trains with, as metrics.json records it: e.g. DEEPSPEED ZeRO-3, FSDP2, MULTI_CPU."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        return f"DEEPSPEED ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    if kind == DistributedType.FSDP:
+        return f"FSDP{accelerator.state.fsdp_plugin.fsdp_version}"
+    return kind.value
+
+
+def require_engine(accelerator: Accelerator) -> None:
+    """Stops a run whose accelerator fell back from the engine its config names (a silent change of memory plan)."""
+    asked = requested_engine()
+    if asked is not None and accelerator.distributed_type != asked:
+        raise PipelineError(
+            f"the accelerate config asks for {asked.value} but accelerate set up {engine(accelerator)} "
+            "on this machine: check the config and the installed deepspeed"
+        )
 
 
 def end_ranks() -> None:
@@ -39,6 +91,36 @@ def rank_divergence(model: torch.nn.Module) -> float:
     sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(state.device)
     ranks = gather(sums).view(state.num_processes, -1)
     return float((ranks - ranks[0]).abs().max())
+
+
+def fill_deepspeed_config(accelerator: Accelerator, micro_batch: int, max_grad_norm: float | None) -> None:
+    """DeepSpeed's "auto" values for a loop without a dataloader: accelerate reads the micro-batch from a
+    prepared dataloader (PPO prepares none) and would clip at its own 1.0, not the recipe's max_grad_norm."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = micro_batch
+    if config.get("gradient_clipping", "auto") == "auto":
+        config["gradient_clipping"] = max_grad_norm or 0.0
+
+
+def prepare_frozen(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """A model that only scores (a reference policy, a reward model), placed for the run's engine.
+
+    Under ZeRO-3 transformers loads it partitioned like the trained models, and TRL's `prepare_deepspeed`
+    wraps it in an inference engine that gathers each layer's weights for its forward pass (under ZeRO-1
+    and 2 the engine holds a whole copy); elsewhere each rank holds a whole copy on its device.
+    """
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return prepare_deepspeed(model, accelerator)
+    return model.to(accelerator.device)
+
+
+def scalar(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A number that an engine returns, as a plain tensor: DeepSpeed's norms are floats, FSDP2's DTensors."""
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return torch.as_tensor(value, dtype=torch.float32, device=device)
 
 
 def weights_are_sharded(accelerator: Accelerator) -> bool:

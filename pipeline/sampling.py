@@ -80,8 +80,9 @@ def sample(
 
     The log-probs come from the same forward passes that chose the tokens, so a rollout needs no
     second policy pass to score them. `generator` is on the queries' device (`sampling_generator`).
-    `synced`: the weights are sharded over the ranks (ZeRO-3, FSDP), whose forward passes gather them
-    together, so every rank goes on until all ranks are done.
+    `synced`: every rank goes on until all ranks are done. Sharded weights (ZeRO-3, FSDP) need it, as
+    their forward passes gather the weights together; it also keeps the random streams, and so a run,
+    the same under every engine.
     """
     batch = len(queries)
     mask = query_mask.clone()

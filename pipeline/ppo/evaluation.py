@@ -32,7 +32,7 @@ def _answers(
         "temperature": args.temperature,
         "reward_model": trainer.reward(),
         "reward_reader": trainer.reward_reader,
-        "synced": trainer.sharded,
+        "synced": trainer.synced,
         "progress": accelerator.is_main_process,
     }
     generator = sampling_generator(accelerator.device, args.seed + accelerator.process_index)

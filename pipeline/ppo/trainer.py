@@ -20,13 +20,13 @@ from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedType, gather_object
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, get_scheduler
 
 from pipeline import outputs
 from pipeline.configs import PPOConfig
-from pipeline.distributed import weights_are_sharded
+from pipeline.distributed import fill_deepspeed_config, prepare_frozen, scalar, weights_are_sharded
 from pipeline.errors import PipelineError
 from pipeline.ppo import checkpoint
 from pipeline.ppo.core import (
@@ -137,7 +137,7 @@ class PPOTrainer:
         self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
         self.prompts, self.gold_fn, self.work = prompts, gold_fn, work
         self.reward_reader, self.prompt_groups = reward_reader or RewardReader(tokenizer), prompt_groups
-        self.ref_policy, self.reward_model, self.reward_stats = ref_policy, reward_model, reward_stats
+        self.reward_stats = reward_stats
         self.query_ids = encode_prompts(tokenizer, prompts)
         if args.max_prompt_length is not None:
             # From the left: the end holds the turn the response answers and the assistant's header
@@ -174,7 +174,11 @@ class PPOTrainer:
             num_warmup_steps=args.get_warmup_steps(optimizer_steps),
             num_training_steps=optimizer_steps,
         )
+        fill_deepspeed_config(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(trained, optimizer, scheduler)
+        # After `prepare`, which completes DeepSpeed's config ("auto" batch sizes) that the frozen engines copy
+        self.ref_policy = ref_policy and prepare_frozen(accelerator, ref_policy)
+        self.reward_model = reward_model and prepare_frozen(accelerator, reward_model)
         self.kl_controller = (
             AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
             if args.kl_target
@@ -195,6 +199,9 @@ class PPOTrainer:
         self.ptx_position = 0
         self.step = 0
         self.sharded = weights_are_sharded(accelerator)
+        # Ranks sample in step under every engine, so DDP, ZeRO and FSDP runs draw the same random numbers;
+        # a DDP rank that finished first would only wait at the next collective
+        self.synced = accelerator.num_processes > 1
         checkpoint.keep_trainable_weights(accelerator)
 
     # Data: a fixed stream of prompt indices (a fresh permutation per pass), so a step's batch depends only on the step
@@ -241,8 +248,9 @@ class PPOTrainer:
         return dict(zip(names, reduced.tolist(), strict=True))
 
     def _stop_if_not_finite(self, **quantities: torch.Tensor | None) -> None:
-        """A NaN or inf on any rank stops the run on every rank, before the update it would spoil."""
-        present = {name: value for name, value in quantities.items() if value is not None}  # DeepSpeed: no norm
+        """A NaN or inf on any rank stops the run on every rank, before the update it would spoil (DeepSpeed's
+        gradient norm comes after its engine stepped: before the next checkpoint)."""
+        present = {name: value for name, value in quantities.items() if value is not None}
         if not present:
             return
         bad = torch.stack([(~torch.isfinite(value.detach())).any() for value in present.values()]).float()
@@ -254,6 +262,22 @@ class PPOTrainer:
                 f"ppo update {self.step + 1}: {', '.join(names)} not finite (NaN or inf); the last checkpoint in "
                 f"{self.work} is kept: lower the learning rate or check the reward model, then run again"
             )
+
+    def _clip_gradients(self) -> dict[str, torch.Tensor]:
+        """Gradient norms before clipping at max_grad_norm, each model's alone: `policy/grad_norm`, `value/grad_norm`.
+
+        DeepSpeed's engine has already clipped the joint norm in `backward` (its config's gradient_clipping)
+        and stepped; it reports that one norm, `grad_norm`. FSDP2's norms are DTensors, DeepSpeed's floats.
+        """
+        accelerator = self.accelerator
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            norms = {"grad_norm": accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)}
+        else:
+            norms = {
+                f"{name}/grad_norm": accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+                for name, model in (("policy", self.policy), ("value", self.value_model))
+            }
+        return {name: scalar(norm, accelerator.device) for name, norm in norms.items() if norm is not None}
 
     def _ptx_loss(self) -> torch.Tensor:
         # Each rank takes its own batches of the one shuffled stream
@@ -312,7 +336,7 @@ class PPOTrainer:
                     self.stop_token_id,
                     pad,
                     self.sampling_generator,
-                    synced=self.sharded,
+                    synced=self.synced,
                 )
                 responses, mask = samples.responses, samples.mask
                 reference, disabled = self.reference()
@@ -446,18 +470,10 @@ class PPOTrainer:
                         self._stop_if_not_finite(policy_loss=pg_loss, value_loss=vf_loss, ptx_loss=ptx_loss)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and args.max_grad_norm:
-                            # Each model's norm clipped alone (FSDP2's sharded norms included); DeepSpeed's
-                            # engine clips the joint norm itself, at its config's gradient_clipping
-                            norms = {
-                                f"{name}_gradient_norm": accelerator.clip_grad_norm_(
-                                    model.parameters(), args.max_grad_norm
-                                )
-                                for name, model in (("policy", self.policy), ("value", self.value_model))
-                            }
+                            norms = self._clip_gradients()
                             self._stop_if_not_finite(**norms)
                             for name, norm in norms.items():
-                                if norm is not None:
-                                    collected[f"{name.split('_')[0]}/grad_norm"].append(float(norm))
+                                collected[name].append(norm.item())
                         self.optimizer.step()
                         if accelerator.sync_gradients and not self.optimizer.step_was_skipped:
                             self.scheduler.step()

@@ -17,7 +17,7 @@ from pipeline.configs import ScriptArguments
 from pipeline.data import load_card, read_card
 from pipeline.data.fitting import fit_prompts
 from pipeline.data.loading import raw_split
-from pipeline.distributed import rank_divergence
+from pipeline.distributed import engine, rank_divergence, require_engine, weights_are_sharded
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.evaluation import evaluate_policy
 
@@ -156,6 +156,7 @@ def train_evaluate_save(
     the rows handed to a trainer that may drop some (RewardTrainer drops pairs over `max_length`), counted.
     """
     args = trainer.args
+    require_engine(trainer.accelerator)
     kept = len(trainer.train_dataset)
     if kept == 0:
         raise PipelineError(
@@ -201,8 +202,9 @@ def train_evaluate_save(
         "train_steps": result.global_step,
         "effective_batch_size": effective,
         "num_processes": args.world_size,
+        "engine": engine(trainer.accelerator),
     }
-    if args.world_size > 1:
+    if args.world_size > 1 and not weights_are_sharded(trainer.accelerator):  # sharded: one copy between ranks
         metrics["rank_divergence"] = rank_divergence(trainer.model)
     if trainer.eval_dataset is not None and len(trainer.eval_dataset) == 0:
         logger.warning("%s: every held-out row is longer than max_length: no eval_loss", script_args.dataset_card)

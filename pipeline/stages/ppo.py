@@ -22,7 +22,7 @@ from trl import ModelConfig, get_peft_config
 from pipeline import outputs
 from pipeline.configs import PPOConfig, ScriptArguments
 from pipeline.data import load_card
-from pipeline.distributed import rank_divergence
+from pipeline.distributed import engine, rank_divergence, require_engine
 from pipeline.errors import PipelineError
 from pipeline.models import (
     is_adapter,
@@ -84,6 +84,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         log_with=args.report_to or None,
         project_dir=str(work),
     )
+    require_engine(accelerator)
     accelerator.init_trackers(args.run_name or "ppo", config=outputs.clean_recipe("ppo", recipe))  # no secrets
     set_seed(args.seed)
 
@@ -149,10 +150,6 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     if shared:
         reward_model = None  # the value model with its adapter disabled
     value_model = _without_dropout(value_model)
-    if ref_policy is not None:
-        ref_policy.to(accelerator.device)
-    if reward_model is not None:
-        reward_model.to(accelerator.device)
 
     # Train: rollouts, scores, clipped updates; checkpoints every save_steps
     trainer = PPOTrainer(
@@ -205,6 +202,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         "train_runtime": train_seconds,
         "final_kl_coef": trainer.kl_controller.value,
         "num_processes": accelerator.num_processes,
+        "engine": engine(accelerator),
     }
     if sandbox:
         metrics["trained_family_mix"] = trainer.trained_groups()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import accelerate
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, gather, gather_object
+from torch.distributed.fsdp import FSDPModule
 from trl.models.utils import prepare_deepspeed
 
 from pipeline.errors import PipelineError
@@ -121,6 +124,23 @@ def scalar(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
     if hasattr(value, "full_tensor"):
         value = value.full_tensor()
     return torch.as_tensor(value, dtype=torch.float32, device=device)
+
+
+@contextmanager
+def root_gathered(model: torch.nn.Module) -> Iterator[None]:
+    """For calls into parts of a prepared model (the policy alone, the value model alone), not its forward.
+
+    FSDP2 gathers a unit's weights in that unit's forward: the decoder layers are units and gather
+    themselves, but the root's own weights (embeddings, final norm, heads) only in the root's forward.
+    """
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
 
 
 def weights_are_sharded(accelerator: Accelerator) -> bool:

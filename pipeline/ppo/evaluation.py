@@ -6,7 +6,7 @@ from statistics import mean
 
 import torch
 
-from pipeline.distributed import gather_shards, shard
+from pipeline.distributed import gather_shards, root_gathered, shard
 from pipeline.evaluation import Answers, answer, compare
 from pipeline.ppo.trainer import PPOTrainer, lm_batch
 from pipeline.sampling import plain, sampling_generator
@@ -36,14 +36,15 @@ def _answers(
         "progress": accelerator.is_main_process,
     }
     generator = sampling_generator(accelerator.device, args.seed + accelerator.process_index)
-    ppo = answer(
-        plain(trainer.policy),
-        reference=trainer.reference(),
-        generator=generator,
-        description="evaluating ppo",
-        **common,
-    )
-    sft = answer(trainer.reference(), generator=generator, description="evaluating sft", **common)
+    with root_gathered(trainer.model):
+        ppo = answer(
+            plain(trainer.policy),
+            reference=trainer.reference(),
+            generator=generator,
+            description="evaluating ppo",
+            **common,
+        )
+        sft = answer(trainer.reference(), generator=generator, description="evaluating sft", **common)
     sft.kl = [0.0] * len(sft.texts)
     return {
         name: Answers(**{f: gather_shards(getattr(a, f), real) for f in Answers.__dataclass_fields__})
@@ -61,12 +62,13 @@ def ptx_losses(trainer: PPOTrainer, texts: list[str], batch_size: int = 32) -> t
     policy = trainer.policy
     mine, real = shard([texts[start : start + batch_size] for start in range(0, len(texts), batch_size)])
     losses: dict[str, list[float]] = {"ppo": [], "sft": []}
-    for chunk in mine:
-        batch = {k: v.to(device) for k, v in lm_batch(tokenizer, chunk, trainer.args.ptx_max_length).items()}
-        losses["ppo"].append(policy(**batch).loss.item())
-        reference, disabled = trainer.reference()
-        with disabled():
-            losses["sft"].append(reference(**batch).loss.item())
+    with root_gathered(trainer.model):
+        for chunk in mine:
+            batch = {k: v.to(device) for k, v in lm_batch(tokenizer, chunk, trainer.args.ptx_max_length).items()}
+            losses["ppo"].append(policy(**batch).loss.item())
+            reference, disabled = trainer.reference()
+            with disabled():
+                losses["sft"].append(reference(**batch).loss.item())
     return mean(gather_shards(losses["ppo"], real)), mean(gather_shards(losses["sft"], real))
 
 

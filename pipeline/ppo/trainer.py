@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, get_
 
 from pipeline import outputs
 from pipeline.configs import PPOConfig
-from pipeline.distributed import fill_deepspeed_config, prepare_frozen, scalar, weights_are_sharded
+from pipeline.distributed import fill_deepspeed_config, prepare_frozen, root_gathered, scalar, weights_are_sharded
 from pipeline.errors import PipelineError
 from pipeline.ppo import checkpoint
 from pipeline.ppo.core import (
@@ -101,6 +101,12 @@ class PolicyAndValue(torch.nn.Module):
     def __init__(self, policy: PreTrainedModel, value_model: PreTrainedModel) -> None:
         super().__init__()
         self.policy, self.value_model = policy, value_model
+
+    def tie_weights(self, **kwargs: Any) -> None:
+        """Ties each model's weights again (an LM head to its embeddings), as `PreTrainedModel.tie_weights` does:
+        accelerate calls it after FSDP2's loading from rank 0 has moved every weight apart."""
+        self.policy.tie_weights(**kwargs)
+        self.value_model.tie_weights(**kwargs)
 
     def forward(self, part: Literal["logprobs", "values", "lm_loss"], *args: Any, **kwargs: Any) -> Any:
         """`logprobs`: `response_logprobs` of the policy; `values`: `response_values`; `lm_loss`: the policy's loss."""
@@ -323,7 +329,7 @@ class PPOTrainer:
         self.model.eval()
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         # The passes of training run under mixed precision's autocast; these match them
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), root_gathered(self.model):
             for start in range(0, len(queries), args.local_rollout_forward_batch_size):
                 rows = slice(start, start + args.local_rollout_forward_batch_size)
                 q, qm = queries[rows], query_mask[rows]
@@ -361,7 +367,7 @@ class PPOTrainer:
     @torch.no_grad()
     def rm_scores(self, prompts: list[list[dict]], responses: list[str]) -> torch.Tensor:
         """The reward model's score of each response, on the very sequence it was trained on."""
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), root_gathered(self.model):
             scores = response_rewards(
                 self.reward(),
                 self.reward_reader,

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from pipeline import outputs
 
@@ -57,4 +58,7 @@ def trainer_state(folder: Path) -> dict[str, Any]:
 
 def load(folder: Path, accelerator: Accelerator) -> None:
     """Load weights, optimiser, scheduler and RNG states into the prepared objects."""
-    accelerator.load_state(str(folder), strict=False)  # the frozen weights are not in the checkpoint
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.load_state(str(folder))  # DeepSpeed's engine saves every weight, and takes no `strict`
+    else:
+        accelerator.load_state(str(folder), strict=False)  # the frozen weights are not in the checkpoint

@@ -20,6 +20,8 @@ def _run_recipe_stage(stage: Stage, config: str, overrides: list[str]) -> None:
 
     distributed.start_ranks()
     configs, recipe = load_configs(stage, config, overrides)
+    if distributed.use_recipe_precision(configs):
+        configs, recipe = load_configs(stage, config, overrides)
     require_trackers(recipe)
     stage.run(configs, recipe)
     distributed.end_ranks()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,9 +12,12 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, gather, gather_object
 from torch.distributed.fsdp import FSDPModule
+from transformers import TrainingArguments
 from trl.models.utils import prepare_deepspeed
 
 from pipeline.errors import PipelineError
+
+logger = logging.getLogger(__name__)
 
 CPU_BACKEND = "gloo"
 ENGINES = {"ACCELERATE_USE_DEEPSPEED": DistributedType.DEEPSPEED, "ACCELERATE_USE_FSDP": DistributedType.FSDP}
@@ -52,6 +56,24 @@ def start_ranks() -> None:
             "this machine has none: on CPUs use recipes/accelerate_configs/zero3.yaml (DeepSpeed ZeRO-3 "
             "shards the weights too), zero2.yaml or multi_cpu.yaml"
         )
+
+
+def use_recipe_precision(configs: tuple) -> bool:
+    """Whether the launcher's `mixed_precision` differed from the recipe's `bf16`/`fp16`, now set for every process.
+
+    transformers reads the launcher's value as it builds its arguments, takes it when the recipe says
+    neither, and DeepSpeed stops at the mismatch: the arguments are built again after a change.
+    """
+    for config in configs:
+        if isinstance(config, TrainingArguments):
+            precision = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
+            launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", precision)
+            os.environ["ACCELERATE_MIXED_PRECISION"] = precision
+            if launcher != precision:
+                if int(os.environ.get("RANK", "0")) == 0:
+                    logger.info("mixed precision %s, as the recipe says (the launcher's: %s)", precision, launcher)
+                return True
+    return False
 
 
 def engine(accelerator: Accelerator) -> str:

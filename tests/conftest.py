@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 from pathlib import Path
 
 # The tests never reach a hub: a Hub id fails at once instead of after minutes of retries
@@ -10,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.cli import main
+from scripts import engine_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "sandbox"
@@ -75,3 +77,26 @@ def full_run(models, tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo") / "full"
     assert main(ppo_args(models, out)) == 0
     return out
+
+
+def check(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def two_process_args(stage: str, runs: Path, out: Path) -> list[str]:
+    """A smoke stage for 2 processes (scripts/engine_matrix.py) on the session's models."""
+    return engine_matrix.stage_args(stage, runs / "base", runs / "sft", runs / "rm_for_ppo", out)
+
+
+@pytest.fixture(scope="session")
+def ddp_runs(models, runs, tmp_path_factory):
+    """Each stage of scripts/engine_matrix.py under DDP on 2 processes (multi_cpu.yaml), run when first asked for."""
+
+    class Runs(dict):
+        def __missing__(self, stage: str) -> Path:
+            out = tmp_path_factory.mktemp("ddp") / stage
+            check(engine_matrix.launch(two_process_args(stage, runs, out)))
+            self[stage] = out
+            return out
+
+    return Runs()

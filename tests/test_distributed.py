@@ -6,9 +6,6 @@ ranks, writes once and resumes under 2 processes as an uninterrupted run.
 """
 
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,31 +15,32 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from accelerate import PartialState
 from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    LlamaConfig,
+    TrainingArguments,
+)
 
 from pipeline.cli import main
-from pipeline.distributed import end_ranks
+from pipeline.distributed import end_ranks, fill_deepspeed_config, require_engine, scalar, use_recipe_precision
+from pipeline.errors import PipelineError
 from pipeline.ppo.core import masked_whiten
+from pipeline.ppo.trainer import PolicyAndValue
 from pipeline.sampling import sample
-from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, log, metrics, ppo_args, stage_args
+from scripts.engine_matrix import ACCELERATE_CONFIGS, free_port, launch
+from tests.conftest import (
+    SMOKE,
+    assert_resumed_as_uninterrupted,
+    check,
+    log,
+    metrics,
+    stage_args,
+    two_process_args,
+)
 
-MULTI_CPU = ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(args: list[str], script: str = "-m pipeline") -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file multi_cpu.yaml` on a free port, as `make ... ACCELERATE_CONFIG=` runs it."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_CPU)]
-    command += ["--main_process_port", str(free_port()), *script.split(), *map(str, args)]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-
-def check(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stderr[-3000:]
+MULTI_CPU = ACCELERATE_CONFIGS / "multi_cpu.yaml"
 
 
 def _whiten_half(rank: int, folder: str, values: torch.Tensor, mask: torch.Tensor) -> None:
@@ -115,32 +113,21 @@ def test_accelerate_configs_load_and_say_what_they_shard():
     assert configs["fsdp"].fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
 
 
-def test_sft_on_two_processes_matches_one_process_with_the_same_global_batch(runs, tmp_path):
-    out = tmp_path / "sft"
-    recipe = SMOKE / "sft/config_smoke.yaml"
-    check(
-        launch(
-            stage_args("sft", recipe, model_name_or_path=runs / "base", output_dir=out, per_device_train_batch_size=16)
-        )
-    )
+def test_sft_on_two_processes_matches_one_process_with_the_same_global_batch(runs, ddp_runs):
+    out = ddp_runs["sft"]
     two, one = metrics(out), metrics(runs / "sft")  # the session's 1-process run: 32 per device
     assert (two["num_processes"], two["effective_batch_size"], one["effective_batch_size"]) == (2, 32, 32)
     assert two["rank_divergence"] == 0.0
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=0.01)  # the eval split is sharded
     assert not out.with_name("sft.partial").exists() and (out / "model.safetensors").is_file()
+    assert two["engine"] == "MULTI_CPU"
 
 
-def test_rm_on_two_processes_keeps_ranks_in_step(runs, tmp_path):
-    recipe = SMOKE / "rm/config_smoke.yaml"
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main(stage_args("rm", recipe, model_name_or_path=runs / "sft", output_dir=one)) == 0
-    check(
-        launch(
-            stage_args("rm", recipe, model_name_or_path=runs / "sft", output_dir=two, per_device_train_batch_size=12)
-        )
-    )
-    a, b = metrics(one), metrics(two)
+def test_rm_on_two_processes_keeps_ranks_in_step(runs, ddp_runs, tmp_path):
+    one = tmp_path / "one"
+    assert main(stage_args("rm", SMOKE / "rm/config_smoke.yaml", model_name_or_path=runs / "sft", output_dir=one)) == 0
+    a, b = metrics(one), metrics(ddp_runs["rm"])
     assert (b["num_processes"], b["effective_batch_size"], a["effective_batch_size"]) == (2, 24, 24)
     assert b["rank_divergence"] == 0.0
     # Ranked lists pack into different batches at 12 and 24 pairs per device, so the runs differ a little
@@ -149,10 +136,8 @@ def test_rm_on_two_processes_keeps_ranks_in_step(runs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ppo_two_processes(models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ppo2") / "full"
-    check(launch(ppo_args(models, out, per_device_train_batch_size=4)))
-    return out
+def ppo_two_processes(ddp_runs):
+    return ddp_runs["ppo"]
 
 
 def test_ppo_on_two_processes_splits_the_rollout_and_writes_once(ppo_two_processes, full_run):
@@ -176,10 +161,10 @@ def test_ppo_on_two_processes_splits_the_rollout_and_writes_once(ppo_two_process
     assert [s["lr"] for s in log(ppo_two_processes)] == pytest.approx([s["lr"] for s in log(full_run)], abs=1e-12)
 
 
-def test_ppo_resumes_under_two_processes_as_if_never_stopped(models, ppo_two_processes, tmp_path, capsys):
+def test_ppo_resumes_under_two_processes_as_if_never_stopped(runs, ppo_two_processes, tmp_path, capsys):
     out = tmp_path / "resumed"
-    args = ppo_args(models, out, per_device_train_batch_size=4)
-    assert launch(args, script="-m tests.killed step 2").returncode != 0
+    args = two_process_args("ppo", runs, out)
+    assert launch(args, kill_at=2).returncode != 0
     partial = tmp_path / "resumed.partial"
     assert (partial / "checkpoint-2").is_dir() and [s["step"] for s in log(partial)] == [1, 2]
 
@@ -188,3 +173,55 @@ def test_ppo_resumes_under_two_processes_as_if_never_stopped(models, ppo_two_pro
 
     check(launch(args))
     assert_resumed_as_uninterrupted(out, ppo_two_processes)
+
+
+def test_a_config_whose_engine_did_not_start_stops_the_run(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    fell_back = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU)
+    with pytest.raises(PipelineError, match="asks for DEEPSPEED but accelerate set up MULTI_CPU"):
+        require_engine(fell_back)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    require_engine(fell_back)  # asked for nothing: data parallelism is what was asked
+
+
+def test_the_recipe_sets_the_mixed_precision_over_the_launcher(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what a launcher with zero3.yaml passes on
+    configs = (TrainingArguments(output_dir=str(tmp_path), bf16=False),)
+    assert configs[0].mixed_precision == "bf16"  # transformers took the launcher's
+    assert use_recipe_precision(configs)
+    assert os.environ["ACCELERATE_MIXED_PRECISION"] == "no"
+    assert TrainingArguments(output_dir=str(tmp_path), bf16=False).mixed_precision == "no"
+    assert not use_recipe_precision(configs)  # built again: nothing left to change
+
+
+def test_deepspeed_auto_values_come_from_the_ppo_recipe():
+    config = {"train_micro_batch_size_per_gpu": "auto", "gradient_clipping": "auto"}
+    state = SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=config))
+    accelerator = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=state)
+    fill_deepspeed_config(accelerator, 4, 0.5)
+    assert config == {"train_micro_batch_size_per_gpu": 4, "gradient_clipping": 0.5}  # not accelerate's 1.0
+    config["gradient_clipping"] = 2.0  # set in the user's DeepSpeed config: kept
+    fill_deepspeed_config(accelerator, 4, 0.5)
+    assert config["gradient_clipping"] == 2.0
+
+
+def test_engine_numbers_become_plain_tensors_for_the_finite_check():
+    assert torch.isnan(scalar(float("nan"), torch.device("cpu")))  # DeepSpeed's gradient norm is a float
+    assert scalar(torch.tensor(2.0, dtype=torch.float64), torch.device("cpu")).dtype == torch.float32
+
+
+def test_policy_and_value_ties_the_lm_head_again_after_a_load_moved_it_apart():
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    policy, value = AutoModelForCausalLM.from_config(config), AutoModelForSequenceClassification.from_config(config)
+    policy.lm_head.weight = torch.nn.Parameter(policy.lm_head.weight.detach().clone())  # what FSDP2's loading does
+    both = PolicyAndValue(policy, value)
+    both.tie_weights()  # accelerate's fsdp2_prepare_model calls the root's tie_weights
+    assert policy.lm_head.weight is policy.get_input_embeddings().weight

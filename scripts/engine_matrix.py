@@ -100,7 +100,8 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _relative(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(b), 1e-6)
+    """|a - b| relative to b, or to 0.01 for smaller values (a KL near 0 shows rounding as a large ratio)."""
+    return abs(a - b) / max(abs(b), 0.01)
 
 
 def loaded_weights(stage: str, folder: Path) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ def test_stage_under_engine_matches_ddp(stage, engine, runs, ddp_runs, tmp_path)
     # Sharded weights are one copy between the ranks: no divergence to measure (ZeRO-3 reported 0.0)
     assert row["rank_divergence"] == (0.0 if engine == "zero2" else None)
     assert row["steps"][0] == row["steps"][1]
-    assert row["metrics_relative"] <= 1e-5
+    assert row["metrics_relative"] <= 1e-4
     assert row.get("clipfrac_difference", 0.0) <= 0.01  # a few tokens of the rollout's 400
     assert row["missing_weights"] == row["empty_weights"] == []
     assert row["max_weight_difference"] <= 5e-5

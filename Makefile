@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx rloo grpo demo demo-smollm2 eval report merge push gpu-check bench test lint clean-demo
+.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx rloo grpo demo demo-smollm2 eval report merge push gpu-check gpu-check-engines bench test lint clean-demo
 
 setup: $(STAMP)
 
@@ -107,6 +107,10 @@ push: setup
 # (scripts/gpu_check.py; throughput and peak GPU memory in outputs/gpu_check/gpu_check.json).
 gpu-check: setup
 	$(PYTHON) -m scripts.gpu_check $(if $(OUT),--output_dir $(OUT))
+
+# On 2+ GPUs: SFT, RM and PPO under DDP, ZeRO-2, ZeRO-3 and FSDP2 in bf16, each against DDP (engines.json).
+gpu-check-engines: setup
+	$(PYTHON) -m scripts.gpu_check --engines $(if $(OUT),--output_dir $(OUT))
 
 # Ours beside a bare TRL script (SFT, RM) and TRL 1.12.0's PPOTrainer (installed into outputs/bench/trl112, not the
 # venv), alternating fresh processes; -> outputs/bench/bench.{json,md}. 27-29 min on 2 cores after the demo chain

@@ -5,6 +5,11 @@ under 8 minutes. It runs the real stages in this process and reports, per stage,
 throughput and the peak GPU memory, then trains QLoRA (4-bit NF4 through bitsandbytes) for a few
 SFT steps, and writes everything to `<output_dir>/gpu_check.json`. `--tiny` runs the same steps with
 a tiny model on the CPU, which is how the tests keep this script working on machines without a GPU.
+
+`--engines` (`make gpu-check-engines`) on a machine with 2 or more GPUs runs instead the matrix that
+the tests run on 2 CPU processes (scripts/engine_matrix.py): SFT, RM, PPO and PPO-LoRA on the smoke
+recipes under DDP, ZeRO-2, ZeRO-3 and FSDP2 in bf16, killed and resumed under ZeRO-3 and FSDP2, each
+compared with DDP; it is sized to take under 10 minutes and writes `<output_dir>/engines.json`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from pipeline.cli import main as pipeline
 from pipeline.data import load_card
 from pipeline.sandbox.tokenizer import train_tokenizer
+from scripts import engine_matrix
 from scripts.reward_head import untrained_reward_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,16 +82,59 @@ def stage(name: str, argv: list[str], results: dict, output_dir: Path) -> dict:
     return metrics
 
 
+def engines(out: Path) -> dict:
+    """Every stage under each engine on 2 GPUs in bf16, against DDP: engine_matrix's rows, by stage and engine."""
+    base, sft, rm = out / "base", out / "sft", out / "rm"
+    smoke = engine_matrix.SMOKE
+    for name, argv in (
+        ("base", ["base", "--config", smoke / "base/config_smoke.yaml", "--output_dir", base]),
+        (
+            "sft",
+            ["sft", "--config", smoke / "sft/config_smoke.yaml", "--model_name_or_path", base, "--output_dir", sft],
+        ),
+        ("rm", ["rm", "--config", smoke / "rm/config_smoke.yaml", "--model_name_or_path", sft, "--output_dir", rm]),
+    ):
+        if pipeline([*map(str, argv), "--bf16", "true"]) != 0:
+            raise SystemExit(f"gpu check: the smoke {name} stage failed")
+    rows: dict = {}
+    for stage in engine_matrix.STAGES:
+        args = {
+            engine: engine_matrix.stage_args(stage, base, sft, rm, out / engine / stage, "--bf16", "true")
+            for engine in ("ddp", *engine_matrix.ENGINES)
+        }
+        started = time.monotonic()
+        failed = engine_matrix.run(args["ddp"], "ddp", False, 0, fsdp_on_cpu=False)
+        rows[stage] = {"ddp": {"seconds": round(time.monotonic() - started, 1), "failed": failed}}
+        for engine in engine_matrix.ENGINES:
+            started = time.monotonic()
+            resume = engine in engine_matrix.RESUMED
+            failed = engine_matrix.run(args[engine], engine, resume, engine_matrix.KILL_AT[stage], fsdp_on_cpu=False)
+            row = {"seconds": round(time.monotonic() - started, 1), "resumed": resume, "failed": failed}
+            if not failed and not rows[stage]["ddp"]["failed"]:
+                row.update(engine_matrix.compare(stage, out / engine / stage, out / "ddp" / stage))
+            rows[stage][engine] = row
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m scripts.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="outputs/gpu_check")
     parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU: checks this script, not a GPU")
+    parser.add_argument("--engines", action="store_true", help="DDP, ZeRO-2, ZeRO-3 and FSDP2 on 2 GPUs instead")
     args = parser.parse_args(argv)
+    out = Path(args.output_dir)
+    if args.engines:
+        if torch.cuda.device_count() < 2:
+            raise SystemExit(f"gpu check: --engines needs 2 CUDA GPUs, and {torch.cuda.device_count()} are visible")
+        results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "engines": engines(out)}
+        (out / "engines.json").write_text(json.dumps(results, indent=2) + "\n")
+        json.dump(results, sys.stdout, indent=2)
+        print()
+        return results
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit(
             "gpu check: no CUDA GPU is visible (torch.cuda.is_available() is False); --tiny runs on the CPU"
         )
-    out = Path(args.output_dir)
     steps = {"sft": 8, "ppo_episodes": 64, "qlora": 4} if args.tiny else {"sft": 60, "ppo_episodes": 512, "qlora": 20}
     results: dict = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

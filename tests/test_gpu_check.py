@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from transformers import AutoConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -25,3 +26,8 @@ def test_gpu_check_runs_sft_ppo_and_qlora_in_bf16(tmp_path):
         assert 0 < results[name]["train_loss"] < 20, name
     assert results["ppo"]["episodes_per_second"] > 0 and results["ppo"]["kl_to_sft"] == results["ppo"]["kl_to_sft"]
     assert (tmp_path / "ppo" / "adapter_model.safetensors").is_file()
+
+
+def test_the_engine_matrix_asks_for_two_gpus_where_there_are_fewer(tmp_path):
+    with pytest.raises(SystemExit, match="--engines needs 2 CUDA GPUs, and 0 are visible"):
+        main(["--engines", "--output_dir", str(tmp_path)])

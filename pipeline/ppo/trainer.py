@@ -183,8 +183,8 @@ class PPOTrainer:
         fill_deepspeed_config(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(trained, optimizer, scheduler)
         # After `prepare`, which completes DeepSpeed's config ("auto" batch sizes) that the frozen engines copy
-        self.ref_policy = ref_policy and prepare_frozen(accelerator, ref_policy)
-        self.reward_model = reward_model and prepare_frozen(accelerator, reward_model)
+        self.ref_policy = None if ref_policy is None else prepare_frozen(accelerator, ref_policy)
+        self.reward_model = None if reward_model is None else prepare_frozen(accelerator, reward_model)
         self.kl_controller = (
             AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
             if args.kl_target

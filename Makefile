@@ -26,7 +26,8 @@ help: setup
 # `make sft` runs the demo chain up to SFT: stages already current are skipped (FORCE=1 reruns them).
 # With RECIPE=path, ARGS="--key value" and/or ACCELERATE_CONFIG=path it runs the stage itself (after
 # the chain up to its inputs when RECIPE is unset); ACCELERATE_CONFIG runs it under `accelerate launch`
-# (recipes/accelerate_configs/; NUM_PROCESSES=n overrides the config's count).
+# (recipes/accelerate_configs/; NUM_PROCESSES=n overrides the config's count; without GPUs use
+# multi_cpu.yaml, or zero2.yaml/zero3.yaml with NUM_PROCESSES=2; fsdp.yaml needs GPUs).
 # $(call stage,NAME,COMMAND,PREVIOUS,DEFAULT_RECIPE)
 ACCELERATE_CONFIG ?=
 NUM_PROCESSES ?=

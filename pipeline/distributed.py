@@ -59,20 +59,21 @@ def start_ranks() -> None:
 
 
 def use_recipe_precision(configs: tuple) -> bool:
-    """Whether the launcher's `mixed_precision` differed from the recipe's `bf16`/`fp16`, now set for every process.
+    """Whether a launcher's `mixed_precision` differed from the recipe's `bf16`/`fp16`; the recipe's is now set.
 
-    transformers reads the launcher's value as it builds its arguments, takes it when the recipe says
-    neither, and DeepSpeed stops at the mismatch: the arguments are built again after a change.
+    transformers reads the launcher's value as it builds its arguments, takes it when the recipe's
+    `bf16` is off, and DeepSpeed stops at the mismatch: the arguments are built again after a change.
     """
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
     for config in configs:
         if isinstance(config, TrainingArguments):
             precision = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
-            launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", precision)
+            if launcher in (None, precision):
+                return False
             os.environ["ACCELERATE_MIXED_PRECISION"] = precision
-            if launcher != precision:
-                if int(os.environ.get("RANK", "0")) == 0:
-                    logger.info("mixed precision %s, as the recipe says (the launcher's: %s)", precision, launcher)
-                return True
+            if int(os.environ.get("RANK", "0")) == 0:
+                logger.warning("mixed precision %s, as the recipe says (the launcher's: %s)", precision, launcher)
+            return True
     return False
 
 
@@ -124,7 +125,8 @@ def fill_deepspeed_config(accelerator: Accelerator, micro_batch: int, max_grad_n
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
         return
     config = accelerator.state.deepspeed_plugin.deepspeed_config
-    config["train_micro_batch_size_per_gpu"] = micro_batch
+    if config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        config["train_micro_batch_size_per_gpu"] = micro_batch
     if config.get("gradient_clipping", "auto") == "auto":
         config["gradient_clipping"] = max_grad_norm or 0.0
 
@@ -141,11 +143,30 @@ def prepare_frozen(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn
     return model.to(accelerator.device)
 
 
+def local_part(param: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a weight: ZeRO-3's partition, FSDP2's shard, or the whole weight."""
+    if hasattr(param, "ds_tensor"):
+        return param.ds_tensor
+    return param.to_local() if hasattr(param, "to_local") else param
+
+
 def scalar(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
     """A number that an engine returns, as a plain tensor: DeepSpeed's norms are floats, FSDP2's DTensors."""
     if hasattr(value, "full_tensor"):
         value = value.full_tensor()
     return torch.as_tensor(value, dtype=torch.float32, device=device)
+
+
+def start_sharded_root(model: torch.nn.Module) -> None:
+    """Marks a prepared FSDP2 model as the root of its units before any part of it runs alone.
+
+    FSDP2 sets its root up in the root's first forward; a decoder layer called first (a rollout samples
+    through the policy alone) would take itself for the root, and the training forward would then fail.
+    """
+    if isinstance(model, FSDPModule):
+        model._get_fsdp_state()._lazy_init()  # torch 2.13's FSDP2: what the root's first forward calls
+        units = sum(isinstance(m, FSDPModule) for m in model.modules())
+        logger.info("FSDP2: %d units (a root and one per decoder layer)", units)
 
 
 @contextmanager
@@ -154,6 +175,7 @@ def root_gathered(model: torch.nn.Module) -> Iterator[None]:
 
     FSDP2 gathers a unit's weights in that unit's forward: the decoder layers are units and gather
     themselves, but the root's own weights (embeddings, final norm, heads) only in the root's forward.
+    Every rank enters it the same number of times (the unshard is collective).
     """
     if not isinstance(model, FSDPModule):
         yield

@@ -163,12 +163,14 @@ def generate(
     was_training = model.training
     model.eval()
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    # Under a launcher every rank answers the same prompts; in step, in case sharded weights need it
+    synced = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
     completions = []
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc=description, unit="batch"):
             ids = encode_prompts(tokenizer, prompts[start : start + batch_size])
             queries, query_mask = (t.to(model.device) for t in left_pad(ids, pad))
-            samples = sample(model, queries, query_mask, max_new_tokens, temperature, eos, pad)
+            samples = sample(model, queries, query_mask, max_new_tokens, temperature, eos, pad, synced=synced)
             texts, finished = decode(tokenizer, samples.responses, samples.mask, eos)
             lengths = samples.mask.sum(1).long().tolist()
             completions += [Completion(t, f, n - f) for t, f, n in zip(texts, finished, lengths, strict=True)]

@@ -103,12 +103,12 @@ def engines(out: Path) -> dict:
             for engine in ("ddp", *engine_matrix.ENGINES)
         }
         started = time.monotonic()
-        failed = engine_matrix.run(args["ddp"], "ddp", False, 0, fsdp_on_cpu=False)
+        failed, _ = engine_matrix.run(args["ddp"], "ddp", False, 0, fsdp_on_cpu=False)
         rows[stage] = {"ddp": {"seconds": round(time.monotonic() - started, 1), "failed": failed}}
         for engine in engine_matrix.ENGINES:
             started = time.monotonic()
             resume = engine in engine_matrix.RESUMED
-            failed = engine_matrix.run(args[engine], engine, resume, engine_matrix.KILL_AT[stage], fsdp_on_cpu=False)
+            failed, _ = engine_matrix.run(args[engine], engine, resume, engine_matrix.KILL_AT[stage], fsdp_on_cpu=False)
             row = {"seconds": round(time.monotonic() - started, 1), "resumed": resume, "failed": failed}
             if not failed and not rows[stage]["ddp"]["failed"]:
                 row.update(engine_matrix.compare(stage, out / engine / stage, out / "ddp" / stage))

@@ -28,6 +28,7 @@ def test_gpu_check_runs_sft_ppo_and_qlora_in_bf16(tmp_path):
     assert (tmp_path / "ppo" / "adapter_model.safetensors").is_file()
 
 
-def test_the_engine_matrix_asks_for_two_gpus_where_there_are_fewer(tmp_path):
-    with pytest.raises(SystemExit, match="--engines needs 2 CUDA GPUs, and 0 are visible"):
+def test_the_engine_matrix_asks_for_two_gpus_where_there_are_fewer(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit, match="--engines needs 2 CUDA GPUs, and 1 are visible"):
         main(["--engines", "--output_dir", str(tmp_path)])

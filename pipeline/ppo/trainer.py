@@ -26,7 +26,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, get_
 
 from pipeline import outputs
 from pipeline.configs import PPOConfig
-from pipeline.distributed import fill_deepspeed_config, prepare_frozen, root_gathered, scalar, weights_are_sharded
+from pipeline.distributed import (
+    fill_deepspeed_config,
+    prepare_frozen,
+    root_gathered,
+    scalar,
+    start_sharded_root,
+    weights_are_sharded,
+)
 from pipeline.errors import PipelineError
 from pipeline.ppo import checkpoint
 from pipeline.ppo.core import (
@@ -101,6 +108,9 @@ class PolicyAndValue(torch.nn.Module):
     def __init__(self, policy: PreTrainedModel, value_model: PreTrainedModel) -> None:
         super().__init__()
         self.policy, self.value_model = policy, value_model
+        # FSDP2 shards each decoder layer as a unit of its own, as in a plain transformers model
+        layers = {name for model in (policy, value_model) for name in getattr(model, "_no_split_modules", None) or []}
+        self._no_split_modules = sorted(layers)
 
     def tie_weights(self, **kwargs: Any) -> None:
         """Ties each model's weights again (an LM head to its embeddings), as `PreTrainedModel.tie_weights` does:
@@ -182,6 +192,12 @@ class PPOTrainer:
         )
         fill_deepspeed_config(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(trained, optimizer, scheduler)
+        if accelerator.gradient_accumulation_steps != args.gradient_accumulation_steps:
+            raise PipelineError(
+                f"the DeepSpeed config's gradient_accumulation_steps ({accelerator.gradient_accumulation_steps}) "
+                f'differs from the recipe\'s ({args.gradient_accumulation_steps}): set it to "auto"'
+            )
+        start_sharded_root(self.model)
         # After `prepare`, which completes DeepSpeed's config ("auto" batch sizes) that the frozen engines copy
         self.ref_policy = None if ref_policy is None else prepare_frozen(accelerator, ref_policy)
         self.reward_model = None if reward_model is None else prepare_frozen(accelerator, reward_model)

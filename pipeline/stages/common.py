@@ -10,6 +10,8 @@ from typing import Any
 
 import datasets
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from pipeline import outputs
@@ -17,7 +19,7 @@ from pipeline.configs import ScriptArguments
 from pipeline.data import load_card, read_card
 from pipeline.data.fitting import fit_prompts
 from pipeline.data.loading import raw_split
-from pipeline.distributed import engine, rank_divergence, require_engine, weights_are_sharded
+from pipeline.distributed import engine, local_part, rank_divergence, require_engine, weights_are_sharded
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.evaluation import evaluate_policy
 
@@ -128,16 +130,20 @@ def fit_long_prompts(
 
 
 def check_publishable(model: torch.nn.Module, steps: int, where: Path) -> None:
-    """A stage publishes only what it trained: at least one optimiser step, and every weight finite."""
+    """A stage publishes only what it trained: at least one optimiser step, and every weight finite.
+
+    Every rank checks its own part of sharded weights, and all ranks stop together.
+    """
     if steps < 1:
         raise PipelineError(f"no optimiser step was taken: nothing is published ({where} keeps the run)")
-    for name, param in model.named_parameters():
-        local = param.to_local() if hasattr(param, "to_local") else param  # FSDP2: this rank's shard
-        if not torch.isfinite(local.detach()).all():
-            raise PipelineError(
-                f"the trained weight {name} is not finite (NaN or inf): nothing is published ({where} keeps the "
-                "run); lower the learning rate, or check the data, then run again"
-            )
+    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(local_part(p).detach()).all()), None)
+    if PartialState().num_processes > 1:
+        bad = next((name for name in gather_object([bad]) if name is not None), None)
+    if bad is not None:
+        raise PipelineError(
+            f"the trained weight {bad} is not finite (NaN or inf): nothing is published ({where} keeps the "
+            "run); lower the learning rate, or check the data, then run again"
+        )
 
 
 def train_evaluate_save(

@@ -78,7 +78,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     work, resume = outputs.start(output_dir, "ppo", recipe)
     accelerator = Accelerator(
         cpu=args.use_cpu,
-        mixed_precision="bf16" if args.bf16 else "no",
+        mixed_precision=args.mixed_precision,  # the recipe's (cli: distributed.use_recipe_precision)
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         step_scheduler_with_optimizer=False,  # PPOTrainer steps the schedule once per optimiser step
         log_with=args.report_to or None,

@@ -39,6 +39,7 @@ from tests.conftest import (
     stage_args,
     two_process_args,
 )
+from tests.test_sampling import CONFIG as TINY_LLAMA
 
 MULTI_CPU = ACCELERATE_CONFIGS / "multi_cpu.yaml"
 
@@ -211,15 +212,7 @@ def test_engine_numbers_become_plain_tensors_for_the_finite_check():
 
 
 def test_policy_and_value_ties_the_lm_head_again_after_a_load_moved_it_apart():
-    config = LlamaConfig(
-        vocab_size=32,
-        hidden_size=8,
-        intermediate_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
+    config = LlamaConfig(**TINY_LLAMA, tie_word_embeddings=True)
     policy, value = AutoModelForCausalLM.from_config(config), AutoModelForSequenceClassification.from_config(config)
     policy.lm_head.weight = torch.nn.Parameter(policy.lm_head.weight.detach().clone())  # what FSDP2's loading does
     both = PolicyAndValue(policy, value)

@@ -24,7 +24,7 @@ def keep_trainable_weights(accelerator: Accelerator) -> None:
     """Checkpoints hold the weights an optimiser changes (all of a full model; adapter and head of a LoRA one)."""
 
     def drop_frozen(models: list[torch.nn.Module], weights: list[dict[str, torch.Tensor]], _: str) -> None:
-        for model, state in zip(models, weights, strict=False):  # DeepSpeed and FSDP pass no weights here
+        for model, state in zip(models, weights, strict=False):  # DeepSpeed (`save`) and FSDP pass no weights
             trainable = {name for name, p in model.named_parameters() if p.requires_grad}
             for name in set(state) - trainable:
                 del state[name]
@@ -38,7 +38,9 @@ def save(work: Path, step: int, accelerator: Accelerator, state: dict[str, Any])
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    # DeepSpeed's engine writes every weight unless told; our hook drops the frozen ones under other engines
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    accelerator.save_state(str(tmp), **({"exclude_frozen_parameters": True} if deepspeed else {}))
     if accelerator.is_main_process:
         torch.save(state, tmp / outputs.PPO_STATE_FILE)
     accelerator.wait_for_everyone()
@@ -58,7 +60,8 @@ def trainer_state(folder: Path) -> dict[str, Any]:
 
 def load(folder: Path, accelerator: Accelerator) -> None:
     """Load weights, optimiser, scheduler and RNG states into the prepared objects."""
+    # The frozen weights are not in the checkpoint; DeepSpeed's engine names the argument differently
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        accelerator.load_state(str(folder))  # DeepSpeed's engine saves every weight, and takes no `strict`
+        accelerator.load_state(str(folder), load_module_strict=False)
     else:
-        accelerator.load_state(str(folder), strict=False)  # the frozen weights are not in the checkpoint
+        accelerator.load_state(str(folder), strict=False)

@@ -109,13 +109,13 @@ def end_ranks() -> None:
         state.destroy_process_group()
 
 
-def rank_divergence(model: torch.nn.Module) -> float:
-    """The largest difference between any rank's per-parameter sums and the main rank's (0.0 in one process)."""
-    state = PartialState()
-    if state.num_processes == 1:
-        return 0.0
-    sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(state.device)
-    ranks = gather(sums).view(state.num_processes, -1)
+def rank_divergence(accelerator: Accelerator, model: torch.nn.Module) -> float | None:
+    """The largest difference between any rank's per-parameter sums and the main rank's; None in one process,
+    or where the weights are sharded (ZeRO-3, FSDP) and the ranks hold one copy between them."""
+    if accelerator.num_processes == 1 or weights_are_sharded(accelerator):
+        return None
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(accelerator.device)
+    ranks = gather(sums).view(accelerator.num_processes, -1)
     return float((ranks - ranks[0]).abs().max())
 
 

@@ -19,6 +19,8 @@ from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from pipeline import outputs
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "sandbox"
 ACCELERATE_CONFIGS = ROOT / "recipes" / "accelerate_configs"
@@ -76,8 +78,8 @@ def run(args: list[str], config: str, resume: bool, kill_at: int, fsdp_on_cpu: b
     and the log of the last run."""
     if resume:
         killed = launch(args, config, kill_at, fsdp_on_cpu)
-        partial = Path(f"{args[args.index('--output_dir') + 1]}.partial")
-        if killed.returncode == 0 or not any(partial.glob("checkpoint-*")):
+        partial = outputs.partial_dir(args[args.index("--output_dir") + 1])
+        if killed.returncode == 0 or outputs.last_checkpoint(partial) is None:
             return f"the run killed at step {kill_at} left no checkpoint: {killed.stderr[-2000:]}", killed.stderr
     done = launch(args, config, fsdp_on_cpu=fsdp_on_cpu)
     if done.returncode != 0:
@@ -88,12 +90,12 @@ def run(args: list[str], config: str, resume: bool, kill_at: int, fsdp_on_cpu: b
     return "", done.stderr
 
 
-def _metrics(folder: Path) -> dict:
-    return json.loads((folder / "metrics.json").read_text())
+def metrics(folder: Path) -> dict:
+    return json.loads((folder / outputs.METRICS_FILE).read_text())
 
 
-def _log(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+def log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / outputs.LOG_FILE).read_text().splitlines()]
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -123,14 +125,14 @@ def loaded_weights(stage: str, folder: Path) -> dict[str, torch.Tensor]:
 
 def compare(stage: str, got: Path, ddp: Path) -> dict:
     """How far a run ended from DDP's run of the same stage: losses, the PPO log, the weights, the loaded output."""
-    mine, theirs = _metrics(got), _metrics(ddp)
+    mine, theirs = metrics(got), metrics(ddp)
     row: dict = {"engine": mine.get("engine"), "rank_divergence": mine.get("rank_divergence")}
     row["steps"] = (mine["train_steps"], theirs["train_steps"])
     if stage in ("sft", "rm"):
         keys = [k for k in ("train_loss", "eval_loss", "eval_accuracy", "gold_mean") if k in theirs]
         row["metrics_relative"] = max(_relative(mine[k], theirs[k]) for k in keys)
     else:
-        steps, expected = _log(got), _log(ddp)
+        steps, expected = log(got), log(ddp)
         row["steps"] = ([s["step"] for s in steps], [s["step"] for s in expected])
         pairs = [(a, b, k) for a, b in zip(expected, steps, strict=True) for k in (a.keys() & b.keys()) - {"seconds"}]
         # A clip fraction counts tokens past a threshold: a difference in the last digit can move one across

@@ -1,4 +1,3 @@
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -12,13 +11,10 @@ from safetensors.torch import load_file
 
 from pipeline.cli import main
 from scripts import engine_matrix
+from scripts.engine_matrix import log, metrics  # noqa: F401 (the tests' helpers)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "sandbox"
-
-
-def log(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
 
 
 def assert_resumed_as_uninterrupted(resumed: Path, uninterrupted: Path) -> None:
@@ -31,10 +27,6 @@ def assert_resumed_as_uninterrupted(resumed: Path, uninterrupted: Path) -> None:
     weights = load_file(resumed / "model.safetensors")
     for name, tensor in load_file(uninterrupted / "model.safetensors").items():
         torch.testing.assert_close(weights[name], tensor)
-
-
-def metrics(folder: Path) -> dict:
-    return json.loads((folder / "metrics.json").read_text())
 
 
 def stage_args(stage: str, recipe: Path, **overrides: object) -> list[str]:

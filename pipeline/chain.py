@@ -1,4 +1,8 @@
-"""The demo chain: stages run in order, each skipped when its output is current.
+"""Demo chains: stages run in order, each skipped when its output is current.
+
+A chain is data, `recipes/<world>/chain*.yaml`: its steps in order, each a recipe or a command. What a
+step writes and reads comes from its recipe (`output_dir`, the `*_path` keys, its data cards' files)
+or its command's arguments, so each folder is named once.
 
 A stage's fingerprint hashes its command line, the recipe files it names and the `metrics.json` of
 every output it reads, so an edited recipe or a rerun upstream stage reruns it and everything after
@@ -13,15 +17,14 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from pipeline import outputs
 from pipeline.errors import PipelineError
-from pipeline.registry import STAGES
-
-HH_RLHF_FILE = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"  # the one hh-rlhf file this workplace has
 
 # Runs `python -m pipeline <argv>` in this process and returns its exit status (the CLI's main)
 Runner = Callable[[list[str]], int]
@@ -45,160 +48,95 @@ class Step:
         return not self.optional or (self.output / outputs.METRICS_FILE).is_file()
 
 
-def demo_steps(run_dir: Path = Path("outputs/demo")) -> list[Step]:
-    """base -> SFT -> comparisons -> RM -> PPO and PPO-ptx -> eval, as the demo recipes wire them.
-
-    RLOO and GRPO (TRL's trainers on the same RM) are optional: `make rloo` / `make grpo` run them
-    once; from then on the whole chain keeps them current and evaluates them with the others.
-    """
-    d = _folders(run_dir)
-    recipes = Path("recipes/sandbox")
-    steps = [
-        Step("base", _recipe(recipes, "base"), d["base"], (), ("eval_loss", "eval loss")),
-        Step("sft", _recipe(recipes, "sft"), d["sft"], (d["base"],), ("gold_mean", "gold")),
-    ]
-    return steps + _after_sft(recipes, d, d["sft"], ["base", "sft", "ppo", "ppo-ptx"], ptx_optional=False)
-
-
-def smollm2_steps(run_dir: Path) -> list[Step]:
-    """The sandbox world on SmolLM2-135M-Instruct: import -> LoRA SFT -> merge -> comparisons -> LoRA RM
-    -> LoRA PPO -> eval (recipes/smollm2-135m/); PPO-ptx is an optional step."""
-    d = _folders(run_dir)
-    recipes = Path("recipes/smollm2-135m")
-    merged = run_dir / "sft_merged"
-    steps = _import_sft_merge(d["base"], _recipe(recipes, "sft"), d["sft"], merged, ("gold_mean", "gold"))
-    # 100 held-out prompts, answers of up to 24 tokens: greedy, 4 sampled (SFT: 16, for best-of-n)
-    eval_options = ("--num_prompts", "100", "--max_new_tokens", "24", "--batch_size", "50")
-    eval_options += ("--num_samples", "4", "--best_of_n", "16")
-    return steps + _after_sft(
-        recipes, d, merged, ["sft", "ppo"], ptx_optional=True, trl_online_rl=False, eval_options=eval_options
-    )
-
-
-def smollm2_hh_steps(run_dir: Path) -> list[Step]:
-    """Real human preferences on SmolLM2-135M-Instruct: import -> LoRA SFT on hh-rlhf's chosen responses
-    -> merge -> LoRA RM on hh-rlhf pairs -> LoRA PPO on hh-rlhf prompts -> eval (the RM judges; samples
-    side by side), from the local hh-rlhf file, recipes/smollm2-135m/*/config_hh_rlhf.yaml."""
-    d = _folders(run_dir)
-    recipes = Path("recipes/smollm2-135m")
-    base, merged = Path("outputs/smollm2/base"), run_dir / "sft_merged"
-    held_out = ("--prompts_card", "data_cards/hh_rlhf.md", "--data_files", HH_RLHF_FILE, "--split", "train[2000:]")
-    evaluate = ("eval", "--policies", f"sft={merged}", f"ppo={d['ppo']}", "--reward_model", str(d["rm"]))
-    evaluate += (*held_out, "--num_prompts", "32", "--max_new_tokens", "48", "--batch_size", "16", "--num_samples", "1")
-    sft = _recipe(recipes, "sft", "hh_rlhf")
-    return [
-        *_import_sft_merge(base, sft, d["sft"], merged, ("train_loss", "train loss")),
-        Step("rm", _recipe(recipes, "rm", "hh_rlhf"), d["rm"], (merged,), ("eval_accuracy", "held-out accuracy")),
-        Step(
-            "ppo",
-            _recipe(recipes, "ppo", "hh_rlhf"),
-            d["ppo"],
-            (merged, d["rm"]),
-            ("eval.policies.ppo.rm_score.mean", "RM score"),
-        ),
-        Step("eval", (*evaluate, "--output_dir", str(d["eval"])), d["eval"], (d["rm"], merged, d["ppo"])),
-    ]
-
-
 @dataclass(frozen=True)
 class Chain:
-    folder: Path  # where its stages write by default
-    steps: Callable[[Path], list[Step]]
+    name: str
+    folder: Path  # where report.md and its figures go
+    steps: list[Step]
 
 
-# The chains `python -m pipeline demo --chain NAME` runs
-CHAINS = {
-    "sandbox": Chain(Path("outputs/demo"), demo_steps),
-    "smollm2": Chain(Path("outputs/smollm2"), smollm2_steps),
-    "smollm2-hh": Chain(Path("outputs/smollm2-hh"), smollm2_hh_steps),
-}
+def chain_files() -> dict[str, Path]:
+    """Every chain `python -m pipeline demo --chain NAME` can run, by name: `recipes/<world>/chain*.yaml`."""
+    return {yaml.safe_load(path.read_text())["name"]: path for path in sorted(Path("recipes").glob("*/chain*.yaml"))}
 
 
-def steps_for(run_dir: Path) -> list[Step]:
-    """The steps of the chain whose default folder has `run_dir`'s name (the sandbox demo's for any other)."""
-    for chain in CHAINS.values():
-        if chain.folder.name == run_dir.name:
-            return chain.steps(run_dir)
-    return demo_steps(run_dir)
+def load(name: str) -> Chain:
+    files = chain_files()
+    if name not in files:
+        raise PipelineError(f"no chain {name!r}; the chains are {', '.join(files)} (recipes/*/chain*.yaml)")
+    return read(files[name])
 
 
-def _import_sft_merge(
-    base: Path, sft_argv: tuple[str, ...], sft: Path, merged: Path, sft_metric: tuple[str, str]
-) -> list[Step]:
-    """The shipped SmolLM2 imported into `base`, LoRA SFT on it into `sft`, the adapter merged into `merged`."""
-    return [
-        Step("import", ("import-gguf", "--output_dir", str(base)), base, (), ("parameters", "parameters")),
-        Step("sft", sft_argv, sft, (base,), sft_metric),
-        Step("merge", ("merge", str(sft), "--output_dir", str(merged)), merged, (sft,)),
-    ]
+def read(path: Path) -> Chain:
+    """A chain file's steps, in order, each with the outputs of earlier steps that it reads.
+
+    A step is a recipe (relative to the chain file; its stage is the recipe's folder, its output the
+    recipe's `output_dir`) or a command, whose `{step}` arguments stand for that step's output and
+    whose output is its `--output_dir`. `policies` (label -> step) adds `--policies label=output` for
+    each of those steps, an optional one only once it has run.
+    """
+    spec = yaml.safe_load(path.read_text())
+    made: dict[str, Path] = {}
+    steps = []
+    for entry in spec["steps"]:
+        if "recipe" in entry:
+            recipe_path = path.parent / entry["recipe"]
+            recipe = yaml.safe_load(recipe_path.read_text())
+            stage = entry.get("stage", recipe_path.parent.name)
+            argv = (stage, "--config", str(recipe_path))
+            output, inputs = Path(recipe["output_dir"]), _recipe_inputs(recipe, made.values())
+        else:
+            references = [str(arg)[1:-1] for arg in entry["command"] if str(arg).startswith("{")]
+            unknown = [name for name in [*references, *entry.get("policies", {}).values()] if name not in made]
+            if unknown:
+                raise PipelineError(f"{path}: {entry['command'][0]} names {unknown[0]!r}, no earlier step")
+            argv = tuple(str(arg).format(**made) for arg in entry["command"])
+            inputs = [made[name] for name in references]
+            policies = {
+                label: made[step] for label, step in entry.get("policies", {}).items() if _done_or_required(step, steps)
+            }
+            if policies:
+                argv = (argv[0], "--policies", *(f"{label}={folder}" for label, folder in policies.items()), *argv[1:])
+                inputs += [folder for folder in policies.values() if folder not in inputs]
+            output = Path(argv[argv.index("--output_dir") + 1])
+        name = entry.get("name", argv[0])
+        metric = tuple(entry["metric"]) if "metric" in entry else None
+        steps.append(Step(name, argv, output, tuple(inputs), metric, entry.get("optional", False)))
+        made[name] = output
+    return Chain(spec["name"], Path(spec["folder"]), steps)
 
 
-def _folders(run_dir: Path) -> dict[str, Path]:
-    """Each stage's folder, and those of the chains' other steps."""
-    d = {name: run_dir / stage.folder for name, stage in STAGES.items()}
-    d.update({"ppo-ptx": run_dir / "ppo_ptx", "eval": run_dir / "eval"})
-    return d
+def _done_or_required(name: str, steps: list[Step]) -> bool:
+    return next(step for step in steps if step.name == name).in_whole_chain
 
 
-def _recipe(recipes: Path, stage: str, variant: str = "demo") -> tuple[str, ...]:
-    return (stage, "--config", str(recipes / stage / f"config_{variant}.yaml"))
+def _recipe_inputs(recipe: dict, made: Iterable[Path]) -> list[Path]:
+    """The earlier outputs a recipe reads: through its `*_path` and `data_files` keys and its data cards' files."""
+    from pipeline.data.cards import read_card  # not for `--help`: it loads the datasets library
+
+    named = [Path(v) for k, v in recipe.items() if (k.endswith("_path") or k == "data_files") and isinstance(v, str)]
+    for key in (k for k in recipe if k.endswith("_card") and recipe[k]):
+        named += [Path(file) for file in read_card(recipe[key]).local.values()]
+    return [folder for folder in made if any(path.is_relative_to(folder) for path in named)]
 
 
-def _after_sft(
-    recipes: Path,
-    d: dict[str, Path],
-    sft: Path,
-    evaluated: list[str],
-    ptx_optional: bool,
-    trl_online_rl: bool = True,
-    eval_options: tuple[str, ...] = (),
-) -> list[Step]:
-    """label -> RM -> PPO, PPO-ptx (RLOO, GRPO) -> eval of `evaluated` and of the optional steps already run."""
-    online = ("rloo", "grpo") if trl_online_rl else ()
-    evaluated = evaluated + [name for name in ("ppo-ptx", *online) if name not in evaluated and _done(d[name])]
-    policies = [f"{d[name].name}={sft if name == 'sft' else d[name]}" for name in evaluated]  # named by their folders
-    rl = (sft, d["rm"])
-    return [
-        Step("label", _recipe(recipes, "label"), d["label"], (sft,), ("train_pairs", "training pairs")),
-        Step("rm", _recipe(recipes, "rm"), d["rm"], (sft, d["label"]), ("accuracy_to_bayes", "accuracy / Bayes")),
-        Step("ppo", _recipe(recipes, "ppo"), d["ppo"], rl, ("eval.gold_win_rate.ppo.sft.mean", "gold win vs SFT")),
-        Step(
-            "ppo-ptx",
-            ("ppo", "--config", str(recipes / "ppo/config_ptx.yaml")),
-            d["ppo-ptx"],
-            rl,
-            ("eval.gold_win_rate.ppo.sft.mean", "gold win vs SFT"),
-            optional=ptx_optional,
-        ),
-        *(Step(name, _recipe(recipes, name), d[name], rl, ("gold_mean", "gold"), optional=True) for name in online),
-        Step(
-            "eval",
-            (
-                "eval",
-                "--policies",
-                *policies,
-                "--reward_model",
-                str(d["rm"]),
-                "--output_dir",
-                str(d["eval"]),
-                *eval_options,
-            ),
-            d["eval"],
-            (d["rm"], *(sft if name == "sft" else d[name] for name in evaluated)),
-        ),
-    ]
-
-
-def _done(folder: Path) -> bool:
-    return (folder / outputs.METRICS_FILE).is_file()
+def needs(recipe_path: str | Path, steps: list[Step]) -> list[Step]:
+    """The steps that make what a recipe reads, and the steps those need, in chain order."""
+    recipe = yaml.safe_load(Path(recipe_path).read_text())
+    wanted = set(_recipe_inputs(recipe, [step.output for step in steps]))
+    return _with_inputs(steps, wanted)
 
 
 def needed_for(steps: list[Step], name: str) -> list[Step]:
     """The step called `name` and every step whose output it reads, directly or not, in chain order."""
-    by_output = {step.output: step for step in steps}
     wanted = {step.output for step in steps if step.name == name}
     if not wanted:
         raise PipelineError(f"no stage {name!r} in the chain; it has {[step.name for step in steps]}")
+    return _with_inputs(steps, wanted)
+
+
+def _with_inputs(steps: list[Step], wanted: set[Path]) -> list[Step]:
+    by_output = {step.output: step for step in steps}
     for step in reversed(steps):
         if step.output in wanted:
             wanted.update(folder for folder in step.inputs if folder in by_output)

@@ -25,7 +25,7 @@ from pipeline.distributed import CPU_BACKEND, cpu_ranks
 from pipeline.errors import RecipeError
 
 if TYPE_CHECKING:
-    from pipeline.registry import Stage
+    from pipeline.registry import Command
 
 
 @dataclass
@@ -141,7 +141,11 @@ class PPOConfig(TrainingArguments):
     lam: float = 0.95
     whiten_rewards: bool = False
     normalize_reward: bool = field(
-        default=True, metadata={"help": "Score = (RM score - reward_mean) / reward_std from the RM's metrics.json."}
+        default=True,
+        metadata={
+            "help": "Score = (RM score - mean) / std: the RM's metrics.json reward_mean and reward_std, or, for an "
+            "RM without them (a Hub model), the mean and std of the first rollout's scores."
+        },
     )
     gold_reward_scale: float = field(
         default=0.0,
@@ -158,9 +162,21 @@ class PPOConfig(TrainingArguments):
     logging_steps: float = 1
     save_steps: float = 10
     trust_remote_code: bool = False
+    # Computed from the keys above and the number of processes, in TRL's PPOTrainer's names
+    mini_batch_size: int = field(init=False, default=0)  # episodes per optimiser step, per process
+    local_batch_size: int = field(init=False, default=0)  # episodes per rollout, per process
+    batch_size: int = field(init=False, default=0)  # episodes per rollout, all processes
+    num_updates: int = field(init=False, default=0)  # rollouts in the run
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # A mini-batch is per_device x accumulation, and a rollout num_mini_batches of them. TRL's PPOTrainer
+        # rolls out per_device x accumulation and cuts that into num_mini_batches, so with the same keys our
+        # rollout is num_mini_batches times larger
+        self.mini_batch_size = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        self.local_batch_size = self.mini_batch_size * self.num_mini_batches
+        self.batch_size = self.local_batch_size * self.world_size
+        self.num_updates = -(-self.total_episodes // self.batch_size)
         for key in ("sft_model_path", "reward_model_path"):
             if not getattr(self, key):
                 raise ValueError(f"the ppo stage needs {key!r}")
@@ -304,7 +320,7 @@ class _OverrideParser(HfArgumentParser):
         raise RecipeError(f"command line: {message}")
 
 
-def parse_overrides(stage: Stage, argv: list[str]) -> dict[str, Any]:
+def parse_overrides(stage: Command, argv: list[str]) -> dict[str, Any]:
     """`--key value` overrides, typed by HfArgumentParser from the stage's config classes.
 
     As on TRL's command lines, a bare `--flag` is true, `--no_flag` false, a list takes several values;
@@ -372,7 +388,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     return recipe
 
 
-def build_configs(stage: Stage, values: dict[str, Any], source: str = "recipe") -> tuple:
+def build_configs(stage: Command, values: dict[str, Any], source: str = "recipe") -> tuple:
     """The stage's config dataclasses, built from a flat mapping of recipe keys."""
     classes, stage = stage.config_classes(), stage.name
     hints = {}
@@ -415,7 +431,7 @@ def build_configs(stage: Stage, values: dict[str, Any], source: str = "recipe") 
     return tuple(configs)
 
 
-def load_configs(stage: Stage, recipe_path: str | Path, overrides: list[str] | None = None) -> tuple[tuple, dict]:
+def load_configs(stage: Command, recipe_path: str | Path, overrides: list[str] | None = None) -> tuple[tuple, dict]:
     """(config dataclasses, resolved recipe mapping) for a recipe file plus `--key value` overrides."""
     values = {**read_recipe(recipe_path), **parse_overrides(stage, overrides or [])}
     return build_configs(stage, values, source=str(recipe_path)), values

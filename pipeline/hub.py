@@ -15,13 +15,12 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
-from transformers import AutoTokenizer
 from trl import ModelConfig
 
 from pipeline import outputs
 from pipeline.data import read_card
 from pipeline.errors import PipelineError
-from pipeline.models import adapter_base, is_adapter, load_policy, load_scorer
+from pipeline.models import adapter_base, is_adapter, load_policy, load_scorer, load_tokenizer
 from pipeline.registry import STAGES
 
 # What a published folder holds: weights or adapter, configs, tokenizer, the recipe and metrics.
@@ -76,7 +75,7 @@ def _check_run(run_dir: Path, merged: bool) -> None:
 
 def merge_into(run_dir: Path, folder: Path) -> None:
     """Save the adapter of `run_dir` merged into its base (full safetensors weights + tokenizer) in `folder`."""
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(run_dir)))
     if _is_reward_model(run_dir):
         model = load_scorer(str(run_dir), ModelConfig(), tokenizer.pad_token_id)
     else:

@@ -196,6 +196,18 @@ def load_reward_model(model_args: ModelConfig, pad_token_id: int, trust_remote_c
     )
 
 
+def load_gguf(path: Path) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """The tokenizer and the fp32 causal LM of a GGUF file, dequantised, ready for `save_pretrained`."""
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # The weights are plain fp32 tensors now; the GGUF quantizer left attached would refuse to save them
+    # and would make the saved config ask for GGUF again
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    tokenizer.model_max_length = model.config.max_position_embeddings  # the GGUF header leaves it unbounded
+    return tokenizer, model
+
+
 def is_adapter(path: str | Path) -> bool:
     """Whether a model folder holds a PEFT adapter rather than full weights."""
     return Path(path, "adapter_config.json").is_file()

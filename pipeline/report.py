@@ -1,4 +1,4 @@
-"""`report.md` for a run folder: the stages' times and metrics, training curves, the reward-vs-KL picture,
+"""`report.md` for a chain: the stages' times and metrics, training curves, the reward-vs-KL picture,
 per-family gold bars and sample responses, from what the stages wrote (no model is loaded)."""
 
 from __future__ import annotations
@@ -12,21 +12,14 @@ import yaml
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline import chain as chains  # noqa: E402
 from pipeline import outputs  # noqa: E402
-from pipeline.chain import is_current, steps_for  # noqa: E402
+from pipeline.chain import Chain, Step, is_current  # noqa: E402
+from pipeline.registry import STAGES  # noqa: E402
 
 FIGURES = "figures"
-RL_RUNS = {"ppo": "PPO", "ppo_ptx": "PPO-ptx", "rloo": "RLOO (TRL)", "grpo": "GRPO (TRL)"}
-# One colour per policy in every figure (matplotlib's tab10); other names get the next free ones.
-COLORS = {
-    "base": "tab:gray",
-    "sft": "tab:purple",
-    "ppo": "tab:blue",
-    "ppo_ptx": "tab:orange",
-    "rloo": "tab:green",
-    "grpo": "tab:red",
-    "rule": "tab:brown",
-}
+TRAINED_STAGES = ("base", "sft", "rm")  # their loss curves
+RL_STAGES = ("ppo", "rloo", "grpo")
 # Our PPO log's keys, and those of TRL's RLOO/GRPO logs (`reward`: the RM alone, the gold judge weighs 0).
 PPO_KEYS = {"score": "objective/rm_score", "gold": "objective/gold", "entropy": "objective/token_entropy"}
 TRL_KEYS = {"score": "reward", "gold": "rewards/gold/mean", "entropy": "entropy"}
@@ -48,35 +41,41 @@ def _save(figure: plt.Figure, path: Path) -> str:
     return f"{FIGURES}/{path.name}"
 
 
-def training_curves(run_dir: Path, figures: Path) -> str | None:
-    """Loss of base, SFT and RM by step, with the RM's training accuracy."""
-    logs = {name: [r for r in _log(run_dir / name) if "loss" in r] for name in ("base", "sft", "rm")}
-    if not any(logs.values()):
+def _stage(step: Step) -> str:
+    return step.argv[0]
+
+
+def training_curves(steps: list[Step], figures: Path) -> str | None:
+    """Loss of the base, SFT and RM stages by step, with the RM's training accuracy."""
+    logs = {step: [r for r in _log(step.output) if "loss" in r] for step in steps if _stage(step) in TRAINED_STAGES}
+    logs = {step: rows for step, rows in logs.items() if rows}
+    if not logs:
         return None
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (name, rows) in zip(axes, logs.items(), strict=True):
+    figure, axes = plt.subplots(1, len(logs), figsize=(13 / 3 * len(logs), 3.6), squeeze=False)
+    for ax, (step, rows) in zip(axes[0], logs.items(), strict=True):
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".", label="training loss")
-        if name == "rm" and rows and "accuracy" in rows[0]:
+        if "accuracy" in rows[0]:
             ax.plot([r["step"] for r in rows], [r["accuracy"] for r in rows], marker=".", label="training accuracy")
-        ax.set(title={"base": "Base pretraining", "sft": "SFT", "rm": "Reward model"}[name], xlabel="optimizer step")
-        ax.set_ylabel("loss" if name != "rm" else "loss / pair accuracy")
+        ax.set(title=f"{STAGES[_stage(step)].title} ({step.name})", xlabel="optimizer step")
+        ax.set_ylabel("loss / pair accuracy" if "accuracy" in rows[0] else "loss")
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(figure, figures / "training_curves.png")
 
 
-def rl_runs(run_dir: Path, skip: set[str] = frozenset()) -> dict[str, list[dict]]:
-    """Each RL run's rollout statistics by episode: score (RM), gold, entropy and, for PPO, KL to SFT."""
+def rl_runs(steps: list[Step], names: dict[Path, str]) -> dict[str, list[dict]]:
+    """Each RL run's rollout statistics by episode: score (RM), gold, entropy and, for PPO, KL to SFT; named
+    as the evaluation names its policy (`names`: output folder -> name), else as its step."""
     runs = {}
-    for name in RL_RUNS:
-        rows = [] if name in skip else _log(run_dir / name)
-        if name.startswith("ppo"):
+    for step in (step for step in steps if _stage(step) in RL_STAGES):
+        name, rows = names.get(step.output, step.name), _log(step.output)
+        if _stage(step) == "ppo":
             runs[name] = [
                 {"episodes": r["episode"], "kl": r["objective/kl"], **{k: r.get(v) for k, v in PPO_KEYS.items()}}
                 for r in rows
             ]
             continue
-        recipe = yaml.safe_load((run_dir / name / outputs.RECIPE_FILE).read_text()) if rows else {}
+        recipe = yaml.safe_load((step.output / outputs.RECIPE_FILE).read_text()) if rows else {}
         # TRL counts optimiser steps; each rollout sample is used num_iterations times.
         per_step = recipe.get("per_device_train_batch_size", 1) / recipe.get("num_iterations", 1)
         runs[name] = [
@@ -87,7 +86,7 @@ def rl_runs(run_dir: Path, skip: set[str] = frozenset()) -> dict[str, list[dict]
     return {name: rows for name, rows in runs.items() if rows}
 
 
-def rl_curves(runs: dict[str, list[dict]], figures: Path) -> str | None:
+def rl_curves(runs: dict[str, list[dict]], colors: dict[str, str], figures: Path) -> str | None:
     """RM score, gold score, entropy and (PPO) KL of the rollouts, by episode."""
     if not runs:
         return None
@@ -103,17 +102,17 @@ def rl_curves(runs: dict[str, list[dict]], figures: Path) -> str | None:
             rows = [r for r in rows if r.get(key) is not None]
             if rows:
                 episodes, values = [r["episodes"] for r in rows], [r[key] for r in rows]
-                ax.plot(episodes, values, color=COLORS[name], label=RL_RUNS[name])
+                ax.plot(episodes, values, color=colors[name], label=name)
         ax.set(title=title, xlabel="episodes")
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(figure, figures / "rl_training.png")
 
 
-def reward_vs_kl(runs: dict[str, list[dict]], evaluation: dict, figures: Path) -> str | None:
+def reward_vs_kl(runs: dict[str, list[dict]], evaluation: dict, colors: dict[str, str], figures: Path) -> str | None:
     """Proxy (RM) and gold score against the KL spent (Gao et al. 2022): the reference's best-of-n frontier,
     every evaluated policy's sampled answers (95% intervals), and the path of each PPO run's rollouts."""
-    ppo = {name: [r for r in rows if "kl" in r] for name, rows in runs.items() if name.startswith("ppo")}
+    ppo = {name: rows for name, rows in runs.items() if rows and "kl" in rows[0]}
     found = evaluation.get("policies", {})
     ends = {
         n: found[n]
@@ -143,8 +142,8 @@ def reward_vs_kl(runs: dict[str, list[dict]], evaluation: dict, figures: Path) -
                 ax.plot(xs, gold_picked, linestyle="--", color="grey", label="best-of-n, gold picks (ceiling)")
         for name, rows in ppo.items():
             xs = [max(r["kl"], 0.0) ** 0.5 for r in rows]
-            label = f"{RL_RUNS[name]} rollouts (training prompts)"
-            ax.plot(xs, [r[key] for r in rows], marker=".", alpha=0.6, color=COLORS[name], label=label)
+            label = f"{name} rollouts (training prompts)"
+            ax.plot(xs, [r[key] for r in rows], marker=".", alpha=0.6, color=colors[name], label=label)
         for name, policy in ends.items():
             if policy.get(end_key) is None:
                 continue
@@ -158,7 +157,7 @@ def reward_vs_kl(runs: dict[str, list[dict]], evaluation: dict, figures: Path) -
                 markersize=12,
                 capsize=4,
                 zorder=3,
-                color=COLORS.get(name),
+                color=colors[name],
                 label=f"{name} (held-out prompts)",
             )
         ax.set(title=title, xlabel="sqrt(KL to the reference), KL in nats per response", ylabel="mean score, T = 1")
@@ -167,7 +166,7 @@ def reward_vs_kl(runs: dict[str, list[dict]], evaluation: dict, figures: Path) -
     return _save(figure, figures / "reward_vs_kl.png")
 
 
-def gold_by_family(evaluation: dict, figures: Path) -> str | None:
+def gold_by_family(evaluation: dict, colors: dict[str, str], figures: Path) -> str | None:
     """Grouped bars: gold per task family for every evaluated policy."""
     found = evaluation.get("policies", {})
     names = evaluation.get("names", list(found))
@@ -179,7 +178,7 @@ def gold_by_family(evaluation: dict, figures: Path) -> str | None:
     figure, ax = plt.subplots(figsize=(11, 4))
     for i, (name, by_family) in enumerate(policies.items()):
         xs = [j + (i - (len(policies) - 1) / 2) * width for j in range(len(families))]
-        ax.bar(xs, [by_family[f] for f in families], width, label=name, color=COLORS.get(name))
+        ax.bar(xs, [by_family[f] for f in families], width, label=name, color=colors[name])
     ax.set_xticks(range(len(families)), families)
     ax.set(ylim=(0, 1.05), ylabel="mean gold score (greedy)", title="Gold score per task family, held-out prompts")
     ax.grid(axis="y", alpha=0.3)
@@ -221,56 +220,70 @@ def _headline(evaluation: dict) -> list[str]:
     return lines
 
 
-def stage_status(run_dir: Path) -> dict[str, str]:
-    """Each finished stage folder's standing: current, stale (an input changed since), or made outside the chain."""
-    steps = {step.output.name: step for step in steps_for(run_dir)}
+def stage_status(chain: Chain) -> dict[Step, str]:
+    """Each finished step's standing: current, stale (an input changed since), or made outside the chain."""
     status = {}
-    for name in steps:
-        if not (run_dir / name / outputs.METRICS_FILE).is_file():
+    for step in chain.steps:
+        if not (step.output / outputs.METRICS_FILE).is_file():
             continue
-        step = steps.get(name)
-        if step is None or not (run_dir / name / outputs.CHAIN_FILE).is_file():
-            status[name] = "made outside the chain"
+        if not (step.output / outputs.CHAIN_FILE).is_file():
+            status[step] = "made outside the chain"
         elif all((folder / outputs.METRICS_FILE).is_file() for folder in step.inputs) and is_current(step):
-            status[name] = "current"
+            status[step] = "current"
         else:
-            status[name] = "stale: an input changed since"
+            status[step] = "stale: an input changed since"
     return status
 
 
-def _stage_table(run_dir: Path, status: dict[str, str]) -> list[str]:
+def _stage_table(status: dict[Step, str]) -> list[str]:
     lines = ["| stage | wall time | status | outputs |", "|---|---|---|---|"]
-    for name, standing in status.items():
-        seconds = _json(run_dir / name / outputs.CHAIN_FILE).get("seconds")
+    for step, standing in status.items():
+        seconds = _json(step.output / outputs.CHAIN_FILE).get("seconds")
         wall = f"{seconds:.0f} s" if seconds is not None else "-"
-        lines.append(f"| {name} | {wall} | {standing} | `{run_dir / name}` |")
+        lines.append(f"| {step.name} | {wall} | {standing} | `{step.output}` |")
     return lines
 
 
-def write(run_dir: str | Path) -> Path:
-    """Write `report.md` and its figures into `run_dir`; return the report's path."""
-    run_dir = Path(run_dir)
-    figures = run_dir / FIGURES
+def _policy_names(evaluation_step: Step | None) -> dict[Path, str]:
+    """Output folder -> the name the evaluation gives that policy (its `--policies NAME=DIR`)."""
+    if evaluation_step is None:
+        return {}
+    pairs = [arg.partition("=") for arg in evaluation_step.argv if "=" in arg and not arg.startswith("-")]
+    return {Path(folder): name for name, _, folder in pairs}
+
+
+def _colors(names: list[str]) -> dict[str, str]:
+    """One colour per policy in every figure (matplotlib's tab10, in the evaluation's order)."""
+    return {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(names))}
+
+
+def write(chain: str | Chain) -> Path:
+    """Write `report.md` and its figures into the chain's folder; return the report's path."""
+    chain = chains.load(chain) if isinstance(chain, str) else chain
+    run_dir, figures = chain.folder, chain.folder / FIGURES
     figures.mkdir(parents=True, exist_ok=True)
-    evaluation = _json(run_dir / "eval" / outputs.METRICS_FILE)
-    lines = [f"# RLHF demo report: `{run_dir}`", ""]
+    status = stage_status(chain)
+    current = [step for step, standing in status.items() if not standing.startswith("stale")]
+    evaluation_step = next((step for step in reversed(chain.steps) if _stage(step) == "eval"), None)
+    evaluation = _json(evaluation_step.output / outputs.METRICS_FILE) if evaluation_step else {}
+    lines = [f"# RLHF demo report: {chain.name} chain, `{run_dir}`", ""]
     headline = _headline(evaluation)
     if headline:
         lines += ["## Headline", "", *headline, ""]
-    status = stage_status(run_dir)
-    lines += ["## Stages", "", *_stage_table(run_dir, status)]
-    runs = rl_runs(run_dir, skip={name for name, standing in status.items() if standing.startswith("stale")})
+    lines += ["## Stages", "", *_stage_table(status)]
+    runs = rl_runs(current, _policy_names(evaluation_step))
+    colors = _colors([*evaluation.get("names", evaluation.get("policies", [])), *runs])
     sections = (
-        ("Training curves", training_curves(run_dir, figures)),
-        ("RL along the run (rollout batches)", rl_curves(runs, figures)),
-        ("Reward vs KL: the proxy and the gold score", reward_vs_kl(runs, evaluation, figures)),
-        ("Gold per task family", gold_by_family(evaluation, figures)),
+        ("Training curves", training_curves(list(status), figures)),
+        ("RL along the run (rollout batches)", rl_curves(runs, colors, figures)),
+        ("Reward vs KL: the proxy and the gold score", reward_vs_kl(runs, evaluation, colors, figures)),
+        ("Gold per task family", gold_by_family(evaluation, colors, figures)),
     )
     for title, figure in sections:
         if figure is not None:
             lines += ["", f"## {title}", "", f"![{title}]({figure})"]
-    eval_report = run_dir / "eval" / outputs.EVAL_REPORT_FILE
-    if eval_report.is_file():
+    eval_report = evaluation_step.output / outputs.EVAL_REPORT_FILE if evaluation_step else None
+    if eval_report is not None and eval_report.is_file():
         # The evaluation's own tables, one heading level down.
         body = eval_report.read_text().replace("\n## ", "\n### ").replace("# Evaluation", "## Evaluation", 1)
         lines += ["", body.rstrip()]

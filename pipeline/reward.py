@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from trl import ModelConfig, RewardTrainer
 
 from pipeline.data.fitting import keep_last_turns, templated_length
 from pipeline.models import TOKENIZER_FILES, load_tokenizer
-from pipeline.outputs import RECIPE_FILE
+from pipeline.outputs import METRICS_FILE, RECIPE_FILE
 from pipeline.sampling import Called
 from pipeline.scoring import score_sequences
 
@@ -144,6 +145,16 @@ def load_reward_reader(
     recipe = folder / RECIPE_FILE
     max_length = (yaml.safe_load(recipe.read_text()) or {}).get("max_length") if recipe.is_file() else None
     return RewardReader(tokenizer, max_length)
+
+
+def reward_statistics(path: str) -> tuple[float, float] | None:
+    """The mean and std of the RM's scores on its training responses, from its `metrics.json`; None for a
+    reward model that carries none (a Hub model)."""
+    file = Path(path, METRICS_FILE)
+    metrics = json.loads(file.read_text()) if file.is_file() else {}
+    if not {"reward_mean", "reward_std"} <= set(metrics):
+        return None
+    return metrics["reward_mean"], metrics["reward_std"]
 
 
 def reward_conversations(

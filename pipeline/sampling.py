@@ -15,8 +15,7 @@ from accelerate.utils import reduce
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.ppo.core import entropy_from_logits, logprobs_from_logits, response_mask
-from pipeline.scoring import position_ids, query_response
+from pipeline.scoring import entropy_from_logits, logprobs_from_logits, position_ids, query_response, response_mask
 
 # A model and a factory of the context to call it in: a LoRA policy's reference, or a LoRA value
 # model's reward model, is the same weights under `disable_adapter`

@@ -1,4 +1,5 @@
-"""A scorer's value at every token and at a sequence's last real token: the one pooling every stage uses.
+"""Reading a model along a response: a scorer's value at every token and at a sequence's last real token (the one
+pooling every stage uses), a policy's log-probs and entropies, and the mask of a response's tokens.
 
 A scorer is a one-label `AutoModelForSequenceClassification`: the reward model, PPO's value model.
 transformers pools its head at the last token that is not the pad token, which misses the EOS token
@@ -70,3 +71,24 @@ def response_values(
     """V(state before each response token): the value head at the token just before it."""
     scores = token_scores(model, *query_response(queries, query_mask, responses, response_mask))
     return scores[:, queries.shape[1] - 1 : -1]
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under each position's logits (without a second vocabulary-sized tensor of log-probs)."""
+    logits = logits.float()
+    return torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each position's categorical distribution."""
+    logits = logits.float()
+    return torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
+
+
+def response_mask(responses: torch.Tensor, stop_token_id: int | None) -> torch.Tensor:
+    """1 up to and including the first stop token of each response, 0 after it."""
+    if stop_token_id is None:
+        return torch.ones_like(responses, dtype=torch.float)
+    is_stop = (responses == stop_token_id).long()
+    stops_before = is_stop.cumsum(1) - is_stop
+    return (stops_before == 0).float()

@@ -11,8 +11,6 @@ from pipeline.cli import main
 from pipeline.errors import PipelineError
 from tests.conftest import ROOT, metrics
 
-PATH_KEYS = ("model_name_or_path", "sft_model_path", "reward_model_path")
-
 
 def _finished(folder: Path, **values) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,7 +52,7 @@ def test_missing_input_is_named():
 
 
 def test_until_runs_a_stage_and_only_what_it_reads():
-    steps = chain.demo_steps()
+    steps = chain.load("sandbox").steps
     assert [s.name for s in chain.needed_for(steps, "ppo-ptx")] == ["base", "sft", "label", "rm", "ppo-ptx"]
     assert [s.name for s in chain.needed_for(steps, "sft")] == ["base", "sft"]
     assert [s.name for s in chain.needed_for(steps, "rloo")] == ["base", "sft", "label", "rm", "rloo"]
@@ -63,50 +61,114 @@ def test_until_runs_a_stage_and_only_what_it_reads():
         chain.needed_for(steps, "dpo")
 
 
+def test_needs_runs_what_a_recipe_reads_from_its_path_keys_and_its_data_card():
+    steps = chain.load("sandbox").steps
+    assert [s.name for s in chain.needs("recipes/sandbox/rm/config_lora.yaml", steps)] == ["base", "sft", "label"]
+    assert [s.name for s in chain.needs("recipes/sandbox/ppo/config_lora.yaml", steps)] == [
+        "base",
+        "sft",
+        "label",
+        "rm",
+    ]
+    assert chain.needs("recipes/qwen2.5-0.5b/sft/config_lora.yaml", steps) == []  # a Hub model: nothing to make
+
+
+def _recipe(folder: Path, name: str, **keys) -> str:
+    (folder / name).write_text(yaml.safe_dump(keys))
+    return name
+
+
+def test_a_chain_file_takes_each_steps_output_and_inputs_from_its_recipe_or_command(tmp_path):
+    out = tmp_path / "out"
+    card = tmp_path / "pairs.md"
+    local = {"train": f"{out}/pairs/train.jsonl", "test": f"{out}/pairs/test.jsonl"}
+    card.write_text(yaml.safe_dump({"name": "p", "format": "ranked", "license": "mit", "source": {"local": local}}))
+    card.write_text("---\n" + card.read_text() + "---\n")
+    steps = [
+        {"stage": "sft", "recipe": _recipe(tmp_path, "sft.yaml", model_name_or_path="Org/m", output_dir=f"{out}/sft")},
+        {"name": "merge", "command": ["merge", "{sft}", "--output_dir", f"{out}/merged"]},
+        {
+            "stage": "label",
+            "recipe": _recipe(tmp_path, "label.yaml", model_name_or_path=f"{out}/merged", output_dir=f"{out}/pairs"),
+        },
+        {
+            "stage": "rm",
+            "recipe": _recipe(
+                tmp_path, "rm.yaml", model_name_or_path=f"{out}/merged", dataset_card=str(card), output_dir=f"{out}/rm"
+            ),
+        },
+        {
+            "recipe": _recipe(tmp_path, "ppo.yaml", reward_model_path=f"{out}/rm", output_dir=f"{out}/ppo"),
+            "stage": "ppo",
+        },
+        {"command": ["eval", "--output_dir", f"{out}/eval"], "policies": {"sft": "merge", "ppo": "ppo"}},
+    ]
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "folder": str(out), "steps": steps}, sort_keys=False))
+    found = {step.name: step for step in chain.read(path).steps}
+    assert list(found) == ["sft", "merge", "label", "rm", "ppo", "eval"]
+    assert found["sft"].argv == ("sft", "--config", str(tmp_path / "sft.yaml")) and found["sft"].inputs == ()
+    assert found["merge"].argv == ("merge", f"{out}/sft", "--output_dir", f"{out}/merged")
+    assert found["merge"].inputs == (out / "sft",) and found["merge"].output == out / "merged"
+    assert found["rm"].inputs == (out / "merged", out / "pairs")  # the card's files lie in the label step's output
+    assert found["ppo"].inputs == (out / "rm",)
+    assert found["eval"].argv == (
+        "eval",
+        "--policies",
+        f"sft={out}/merged",
+        f"ppo={out}/ppo",
+        "--output_dir",
+        f"{out}/eval",
+    )
+    assert found["eval"].inputs == (out / "merged", out / "ppo")
+
+
 def test_an_optional_stage_joins_the_chain_and_its_evaluation_once_it_has_run(tmp_path):
     def names(steps):
         return [s.name for s in steps if s.in_whole_chain]
 
-    before = chain.demo_steps(tmp_path)
-    assert "rloo" not in names(before) and "rloo=" not in " ".join(before[-1].argv)
+    steps = [
+        {"stage": "sft", "recipe": _recipe(tmp_path, "sft.yaml", output_dir=str(tmp_path / "sft"))},
+        {
+            "stage": "rloo",
+            "recipe": _recipe(
+                tmp_path, "rloo.yaml", model_name_or_path=str(tmp_path / "sft"), output_dir=str(tmp_path / "rloo")
+            ),
+            "optional": True,
+        },
+        {"command": ["eval", "--output_dir", str(tmp_path / "eval")], "policies": {"sft": "sft", "rloo": "rloo"}},
+    ]
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "folder": str(tmp_path), "steps": steps}, sort_keys=False))
+    before = chain.read(path).steps
+    assert names(before) == ["sft", "eval"] and "rloo=" not in " ".join(before[-1].argv)
     _finished(tmp_path / "rloo", gold_mean=0.8)
-    after = chain.demo_steps(tmp_path)
-    assert names(after) == ["base", "sft", "label", "rm", "ppo", "ppo-ptx", "rloo", "eval"]
+    after = chain.read(path).steps
+    assert names(after) == ["sft", "rloo", "eval"]
     assert f"rloo={tmp_path / 'rloo'}" in after[-1].argv and tmp_path / "rloo" in after[-1].inputs
 
 
-@pytest.mark.parametrize("name", list(chain.CHAINS))
-def test_each_chains_recipes_read_exactly_the_outputs_the_chain_declares(name):
-    steps = chain.CHAINS[name].steps(chain.CHAINS[name].folder)
-    label = next((step.output for step in steps if step.name == "label"), None)
-    made: set[Path] = set()
-    for step in steps:
-        assert set(step.inputs) <= made, f"{step.name} reads an output made later"
-        if "--config" in step.argv:
-            recipe = yaml.safe_load((ROOT / step.argv[step.argv.index("--config") + 1]).read_text())
-            assert Path(recipe["output_dir"]) == step.output
-            read = {Path(recipe[k]) for k in PATH_KEYS if recipe.get(k)}
-            if "comparisons" in recipe.get("dataset_card", ""):
-                card = (ROOT / recipe["dataset_card"]).read_text()
-                assert f"{label}/train.jsonl" in card and f"{label}/test.jsonl" in card
-                read.add(label)
-            assert read == set(step.inputs), step.name
-        made.add(step.output)
-
-
-def test_the_smollm2_chain_merges_its_sft_adapter_and_evaluates_sft_and_ppo_with_best_of_n(tmp_path):
-    steps = {step.name: step for step in chain.smollm2_steps(tmp_path)}
+def test_the_smollm2_chains_merge_their_sft_adapter_and_evaluate_sft_and_ppo():
+    steps = {step.name: step for step in chain.load("smollm2").steps}
     assert [s.name for s in chain.needed_for(list(steps.values()), "rm")] == ["import", "sft", "merge", "label", "rm"]
-    assert steps["merge"].argv == ("merge", str(tmp_path / "sft"), "--output_dir", str(tmp_path / "sft_merged"))
-    policies = steps["eval"].argv[
-        steps["eval"].argv.index("--policies") + 1 : steps["eval"].argv.index("--reward_model")
-    ]
-    assert policies == (f"sft={tmp_path / 'sft_merged'}", f"ppo={tmp_path / 'ppo'}")
-    assert steps["eval"].argv[steps["eval"].argv.index("--best_of_n") + 1] == "16"
-    assert not steps["ppo-ptx"].in_whole_chain  # optional here, unlike the sandbox demo
-    assert chain.steps_for(tmp_path / "smollm2")[0].name == "import"
-    assert [s.name for s in chain.steps_for(tmp_path / "smollm2-hh")] == ["import", "sft", "merge", "rm", "ppo", "eval"]
-    assert chain.steps_for(tmp_path / "demo")[0].name == "base"
+    assert steps["merge"].argv == ("merge", "outputs/smollm2/sft", "--output_dir", "outputs/smollm2/sft_merged")
+    evaluate = steps["eval"].argv
+    policies = evaluate[evaluate.index("--policies") + 1 : evaluate.index("--reward_model")]
+    assert policies == ("sft=outputs/smollm2/sft_merged", "ppo=outputs/smollm2/ppo") or _done(steps["ppo-ptx"])
+    assert evaluate[evaluate.index("--best_of_n") + 1] == "16"
+    assert steps["ppo-ptx"].optional  # unlike the sandbox demo's
+    hh = chain.load("smollm2-hh")
+    assert [s.name for s in hh.steps] == ["import", "sft", "merge", "rm", "ppo", "eval"]
+    assert hh.folder == Path("outputs/smollm2-hh") and hh.steps[0].output == Path("outputs/smollm2/base")
+
+
+def _done(step: chain.Step) -> bool:
+    return (step.output / outputs.METRICS_FILE).is_file()
+
+
+def test_an_unknown_chain_is_named_with_the_chains_there_are(capsys):
+    assert main(["demo", "--chain", "nope"]) == 2
+    assert "no chain 'nope'; the chains are sandbox, smollm2, smollm2-hh" in capsys.readouterr().err
 
 
 def test_demo_refuses_a_stage_its_chain_does_not_have(capsys):

@@ -6,18 +6,17 @@ import pytest
 import torch
 
 from pipeline.ppo.core import (
-    entropy_from_logits,
     explained_variance,
     gae,
     kl_estimate,
     masked_mean,
     masked_whiten,
     policy_loss,
-    response_mask,
     shape_rewards,
     value_loss,
 )
 from pipeline.ppo.kl import AdaptiveKLController, FixedKLController
+from pipeline.scoring import entropy_from_logits, response_mask
 
 
 def close(actual: torch.Tensor, expected: list, atol: float = 1e-6) -> None:

@@ -6,7 +6,9 @@ import math
 import matplotlib.image
 
 from pipeline import report
-from pipeline.evaluation import Answers, compare
+from pipeline.answers import Answers
+from pipeline.chain import Chain, Step
+from pipeline.evaluation import compare
 
 
 def _jsonl(path, rows):
@@ -53,12 +55,20 @@ def _run(tmp_path, with_ppo=True):
                 for s in range(1, 9)
             ]
             _jsonl(tmp_path / stage / "log.jsonl", rows)
+            (tmp_path / stage / "metrics.json").write_text("{}")
     answers = {"sft": _answers(0.0, 3), "ppo": _answers(0.4, 1)} if with_ppo else {"sft": _answers(0.0, 1)}
     evaluation, _ = compare(PROMPTS, answers, "sft", sandbox=True, temperature=1.0)
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps(evaluation))
     (tmp_path / "eval" / "eval.md").write_text("# Evaluation on 2 prompts\n\n## Samples\n\n| prompt |\n")
-    return tmp_path
+    # A chain with these folders: the report reads a stage from the command of its step
+    steps = [Step(name, (name, "--config", f"{name}.yaml"), tmp_path / name) for name in ("base", "sft", "rm")]
+    steps += [Step("ppo", ("ppo",), tmp_path / "ppo"), Step("ppo-ptx", ("ppo",), tmp_path / "ppo_ptx")]
+    policies = [f"{name}={tmp_path / name}" for name in ("sft", "ppo", "ppo_ptx")]
+    steps.append(
+        Step("eval", ("eval", "--policies", *policies, "--output_dir", str(tmp_path / "eval")), tmp_path / "eval")
+    )
+    return Chain("test", tmp_path, steps)
 
 
 def test_report_links_every_figure_and_the_evaluation(tmp_path):

@@ -144,7 +144,7 @@ def test_each_distinct_sequence_is_scored_once_with_the_same_scores_and_gradient
 
 
 def test_gold_agreement_is_split_by_what_sets_two_responses_apart(monkeypatch):
-    from pipeline.stages import eval_rm
+    from pipeline import reward_evaluation as eval_rm
 
     # a > b by correctness alone, a > c by style alone, b > c by both; the RM gets only the first wrong
     row = {

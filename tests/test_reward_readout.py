@@ -14,15 +14,15 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 from trl import RewardConfig
 
 from pipeline import reward
+from pipeline.answers import answer
 from pipeline.configs import PPOConfig
-from pipeline.evaluation import answer
 from pipeline.ppo import trainer as ppo_trainer
 from pipeline.ppo.trainer import PPOTrainer
 from pipeline.reward import GroupedRewardTrainer, RewardReader, load_reward_reader, reward_conversations
+from pipeline.reward_evaluation import fit_rows
 from pipeline.sampling import encode_prompts, plain
 from pipeline.sandbox.tokenizer import train_tokenizer
 from pipeline.scoring import score_sequences
-from pipeline.stages.eval_rm import fit_rows
 
 CHATML = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{{ eos_token }}\n{% endfor %}"

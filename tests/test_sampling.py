@@ -4,9 +4,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from pipeline.ppo.core import response_mask
 from pipeline.sampling import left_pad, response_logprobs, sample
-from pipeline.scoring import query_response, response_values, score_sequences, token_scores
+from pipeline.scoring import query_response, response_mask, response_values, score_sequences, token_scores
 
 PAD, EOS = 0, 2
 CONFIG = dict(

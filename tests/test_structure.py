@@ -3,13 +3,14 @@ and the stage registry drives the CLI's --help."""
 
 import ast
 import dataclasses
+import importlib
 import subprocess
 import sys
 
 import pytest
 
 from pipeline.cli import main
-from pipeline.registry import STAGES
+from pipeline.registry import COMMANDS, STAGES
 from tests.conftest import ROOT
 
 
@@ -49,7 +50,41 @@ def test_pipeline_imports_have_no_cycle():
 
     for module in sorted(graph):
         visit(module)
-    assert "pipeline.cli" in graph and graph["pipeline.chain"] >= {"pipeline.registry", "pipeline.outputs"}
+    assert "pipeline.cli" in graph and graph["pipeline.chain"] >= {"pipeline.outputs"}
+
+
+def reached(graph: dict[str, set[str]], module: str) -> set[str]:
+    """Every pipeline module `module` imports, directly or not."""
+    seen, todo = set(), [module]
+    while todo:
+        for imported in graph[todo.pop()] - seen:
+            seen.add(imported)
+            todo.append(imported)
+    return seen
+
+
+def test_imports_run_one_way_ppo_knows_no_sandbox_and_only_the_cli_knows_the_stages():
+    graph = import_graph()
+    for module in (m for m in graph if m.startswith("pipeline.ppo")):
+        assert not {m for m in reached(graph, module) if m.startswith("pipeline.sandbox")}, module
+    for module in ("pipeline.sampling", "pipeline.scoring", "pipeline.answers", "pipeline.reward", "pipeline.models"):
+        assert not {m for m in reached(graph, module) if m.startswith(("pipeline.ppo", "pipeline.stages"))}, module
+    importers = {m for m, imported in graph.items() if any(i.startswith("pipeline.stages") for i in imported)}
+    assert {m for m in importers if not m.startswith("pipeline.stages")} == set()  # the registry names them as text
+
+
+def test_every_command_is_a_registry_row_and_every_stage_module_a_recipe_stage(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(f"    {name}" in listed for name in COMMANDS)
+    stage_modules = {path.stem for path in (ROOT / "pipeline/stages").glob("*.py")} - {"__init__", "common"}
+    named = {command.function.split(":")[0].rpartition(".")[2] for command in COMMANDS.values()}
+    assert stage_modules <= named
+    for command in COMMANDS.values():
+        assert callable(
+            getattr(importlib.import_module(command.function.split(":")[0]), command.function.split(":")[1])
+        )
 
 
 def test_the_cli_chain_and_report_import_no_torch():

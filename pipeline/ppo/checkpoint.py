@@ -4,7 +4,8 @@ accelerate's `save_state` writes the trained weights, the optimiser and schedule
 RNG states, in whatever form the run's sharding needs (DDP, DeepSpeed ZeRO, FSDP); `trainer_state.pt`
 adds the step, the KL controller, the data positions and each rank's sampling generator. A
 checkpoint is written as `tmp-checkpoint-N/` and renamed to `checkpoint-N/` when complete, so a run
-killed while saving leaves the previous checkpoint as the newest complete one.
+killed while saving leaves the previous checkpoint as the newest complete one. At the end of a run,
+`save_policy` writes the policy the stage publishes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline import outputs
 
@@ -65,3 +67,19 @@ def load(folder: Path, accelerator: Accelerator) -> None:
         accelerator.load_state(str(folder), load_module_strict=False)
     else:
         accelerator.load_state(str(folder), strict=False)
+
+
+def save_policy(
+    accelerator: Accelerator,
+    trained: torch.nn.Module,
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    work: Path,
+) -> None:
+    """The trained policy (its adapter, with LoRA) and its tokenizer into `work`; every rank calls this, as
+    ZeRO-3 and FSDP gather the weights from every rank."""
+    state_dict = accelerator.get_state_dict(trained)  # gathered on the main process
+    if accelerator.is_main_process:
+        weights = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
+        policy.save_pretrained(str(work), state_dict=weights)
+        tokenizer.save_pretrained(str(work))

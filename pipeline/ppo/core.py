@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 # Sums a tensor over the ranks of a multi-process run (accelerate's `reduce(tensor, "sum")`).
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -145,24 +144,3 @@ def value_loss(
     unclipped_error, clipped_error = (values - returns).square(), (clipped - returns).square()
     loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
     return loss, {"val/clipfrac_avg": masked_mean((clipped_error > unclipped_error).float(), mask)}
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under each position's logits (without a second vocabulary-sized tensor of log-probs)."""
-    logits = logits.float()
-    return torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each position's categorical distribution."""
-    logits = logits.float()
-    return torch.logsumexp(logits, -1) - (F.softmax(logits, -1) * logits).sum(-1)
-
-
-def response_mask(responses: torch.Tensor, stop_token_id: int | None) -> torch.Tensor:
-    """1 up to and including the first stop token of each response, 0 after it."""
-    if stop_token_id is None:
-        return torch.ones_like(responses, dtype=torch.float)
-    is_stop = (responses == stop_token_id).long()
-    stops_before = is_stop.cumsum(1) - is_stop
-    return (stops_before == 0).float()

@@ -1,4 +1,7 @@
-"""The PPO policy against the SFT policy it started from, through the eval stage's `answer` and `compare`."""
+"""The PPO policy and the SFT policy it started from, side by side on held-out prompts: answers and ptx losses.
+
+The stage compares them with the eval stage's `evaluation.compare`.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,13 @@ from statistics import mean
 
 import torch
 
+from pipeline.answers import Answers, answer
 from pipeline.distributed import gather_shards, root_gathered, shard
-from pipeline.evaluation import Answers, answer, compare
 from pipeline.ppo.trainer import PPOTrainer, lm_batch
 from pipeline.sampling import plain, sampling_generator
 
 
-def _answers(
+def policy_and_sft_answers(
     trainer: PPOTrainer, conversations: list[list[dict]], batch_size: int, num_samples: int
 ) -> dict[str, Answers]:
     """Greedy and sampled answers of the policy (with their KL to SFT) and of the SFT reference, with RM scores.
@@ -70,12 +73,3 @@ def ptx_losses(trainer: PPOTrainer, texts: list[str], batch_size: int = 32) -> t
             with disabled():
                 losses["sft"].append(reference(**batch).loss.item())
     return mean(gather_shards(losses["ppo"], real)), mean(gather_shards(losses["sft"], real))
-
-
-def compare_to_sft(
-    trainer: PPOTrainer, conversations: list[list[dict]], sandbox: bool, batch_size: int = 100, num_samples: int = 1
-) -> tuple[dict, list[dict]]:
-    """The eval stage's metrics and samples for the trained policy (`ppo`) and the SFT policy (`sft`) on held-out
-    prompts: greedy, and `num_samples` sampled answers per prompt."""
-    out = _answers(trainer, conversations, batch_size, num_samples)
-    return compare(conversations, out, "sft", sandbox, trainer.args.temperature, trainer.args.seed)

@@ -146,6 +146,7 @@ class PPOTrainer:
     ) -> None:
         """`ref_policy` None: the LoRA policy with its adapter off; `reward_model` None: likewise the value model.
 
+        `reward_stats`: the mean and std that `normalize_reward` divides by (None: the first rollout's scores');
         `reward_reader`: how the reward model reads a response (default: the policy's tokenizer, no length);
         `prompt_groups`: a label per prompt (the sandbox's task family), whose mix each update logs.
         """
@@ -166,14 +167,11 @@ class PPOTrainer:
             )
         self.stop_token_id = tokenizer.eos_token_id if args.stop_token == "eos" else None
 
-        # Batch sizes: a mini-batch (one optimiser step) is per_device x accumulation, and a rollout is
-        # num_mini_batches of them. TRL's PPOTrainer rolls out per_device x accumulation and cuts that
-        # into num_mini_batches, so with the same keys our rollout is num_mini_batches times larger
-        self.mini_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        self.local_batch_size = self.mini_batch_size * args.num_mini_batches
-        self.batch_size = self.local_batch_size * accelerator.num_processes
-        self.num_updates = -(-args.total_episodes // self.batch_size)
-        optimizer_steps = self.num_updates * args.num_ppo_epochs * args.num_mini_batches
+        if args.world_size != accelerator.num_processes:
+            raise ValueError(
+                f"PPOConfig counted {args.world_size} processes and the Accelerator has {accelerator.num_processes}"
+            )
+        optimizer_steps = args.num_updates * args.num_ppo_epochs * args.num_mini_batches
 
         # One module and one optimiser (parameter groups each) for the two trained models: under
         # DeepSpeed an Accelerator prepares a single model
@@ -227,10 +225,10 @@ class PPOTrainer:
     # Data: a fixed stream of prompt indices (a fresh permutation per pass), so a step's batch depends only on the step
     def _batch_indices(self, step: int, rank: int | None = None) -> list[int]:
         rank = self.accelerator.process_index if rank is None else rank
-        start = step * self.batch_size + rank * self.local_batch_size
+        start = step * self.args.batch_size + rank * self.args.local_batch_size
         orders: dict[int, list[int]] = {}
         indices = []
-        for episode in range(start, start + self.local_batch_size):
+        for episode in range(start, start + self.args.local_batch_size):
             epoch, offset = divmod(episode, len(self.prompts))
             if epoch not in orders:
                 seeded = torch.Generator().manual_seed(self.args.seed + epoch)
@@ -392,12 +390,34 @@ class PPOTrainer:
         return torch.tensor(scores, device=self.accelerator.device)
 
     def _scores(self, rm_scores: torch.Tensor, gold: torch.Tensor | None) -> torch.Tensor:
-        """The score each response earns: the RM's, normalised by its training statistics, or the gold diagnostic's."""
+        """The score each response earns: the RM's, normalised (`normalize_reward`), or the gold diagnostic's."""
         if self.args.gold_reward_scale:
             return self.args.gold_reward_scale * gold
-        if self.reward_stats is not None:
-            return (rm_scores - self.reward_stats[0]) / self.reward_stats[1]
-        return rm_scores
+        if not self.args.normalize_reward:
+            return rm_scores
+        if self.reward_stats is None:
+            self.reward_stats = self._first_rollout_stats(rm_scores)
+        return (rm_scores - self.reward_stats[0]) / self.reward_stats[1]
+
+    def _first_rollout_stats(self, rm_scores: torch.Tensor) -> tuple[float, float]:
+        """The mean and std of the first rollout's RM scores over every rank: the statistics of a reward model
+        that carries none (a Hub model), measured on the policy it will score; kept in checkpoints."""
+        scores = self.accelerator.gather(rm_scores).float()
+        mean, std = scores.mean().item(), scores.std(unbiased=False).item()
+        if not std > 0:
+            raise PipelineError(
+                f"normalize_reward: the reward model has no reward_mean/reward_std in its {outputs.METRICS_FILE}, "
+                f"and the first rollout's {len(scores)} scores have no spread to take them from; "
+                "set normalize_reward: false"
+            )
+        logger.info(
+            "normalize_reward: %s has no reward statistics; the first rollout's %d scores give mean %.4f, std %.4f",
+            self.args.reward_model_path,
+            len(scores),
+            mean,
+            std,
+        )
+        return mean, std
 
     @torch.no_grad()
     def rollout(self, step: int) -> tuple[Rollout, dict[str, float]]:
@@ -467,8 +487,8 @@ class PPOTrainer:
         self.model.train()
         collected: dict[str, list[float]] = defaultdict(list)
         for _ in range(args.num_ppo_epochs):
-            order = torch.randperm(self.local_batch_size, generator=self.generator).to(accelerator.device)
-            for mini_batch in order.split(self.mini_batch_size):
+            order = torch.randperm(self.args.local_batch_size, generator=self.generator).to(accelerator.device)
+            for mini_batch in order.split(self.args.mini_batch_size):
                 for micro_batch in mini_batch.split(args.per_device_train_batch_size):
                     part = rollout[micro_batch]
                     with accelerator.accumulate(self.model):
@@ -516,6 +536,7 @@ class PPOTrainer:
             "ptx_position": self.ptx_position,
             "kl_controller": self.kl_controller.state_dict(),
             "generators": generators,
+            "reward_stats": list(self.reward_stats) if self.reward_stats is not None else None,
         }
 
     def save_checkpoint(self) -> None:
@@ -538,6 +559,8 @@ class PPOTrainer:
         checkpoint.load(folder, self.accelerator)
         self.step, self.ptx_position = state["step"], state["ptx_position"]
         self.kl_controller.load_state_dict(state["kl_controller"])
+        if state.get("reward_stats") is not None:
+            self.reward_stats = tuple(state["reward_stats"])
         cpu_state, sampling_state = state["generators"][self.accelerator.process_index]
         self.generator.set_state(cpu_state)
         self.sampling_generator.set_state(sampling_state)
@@ -545,7 +568,7 @@ class PPOTrainer:
         if log.exists() and self.accelerator.is_main_process:
             lines = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
             log.write_text("".join(line + "\n" for line in lines))
-        logger.info("resumed from %s (step %d of %d)", folder, step, self.num_updates)
+        logger.info("resumed from %s (step %d of %d)", folder, step, self.args.num_updates)
         return True
 
     def _log(self, stats: dict[str, float]) -> None:
@@ -557,22 +580,27 @@ class PPOTrainer:
 
     def train(self) -> None:
         """Run the remaining updates, logging each one."""
+        logger.info(
+            "%d updates of %d episodes (%d per process: %d mini-batches of %d per device x %d accumulation)",
+            *(self.args.num_updates, self.args.batch_size, self.args.local_batch_size, self.args.num_mini_batches),
+            *(self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps),
+        )
         bar = tqdm(
-            total=self.num_updates,
+            total=self.args.num_updates,
             initial=self.step,
             desc="ppo",
             unit="step",
             disable=not self.accelerator.is_main_process,
         )
         save_every = int(self.args.save_steps) if self.args.save_strategy != "no" else 0
-        while self.step < self.num_updates:
+        while self.step < self.args.num_updates:
             started = time.monotonic()
             rollout, stats = self.rollout(self.step)
             stats = self._mean_over_ranks({**stats, **self.learn(rollout)})
             stats["objective/kl_coef"] = self.kl_controller.value
-            self.kl_controller.update(stats["objective/kl"], self.batch_size)
+            self.kl_controller.update(stats["objective/kl"], self.args.batch_size)
             self.step += 1
-            stats["episode"] = self.step * self.batch_size
+            stats["episode"] = self.step * self.args.batch_size
             stats["seconds"] = time.monotonic() - started
             self._log(stats)
             bar.update()
@@ -581,6 +609,6 @@ class PPOTrainer:
                 kl=f"{stats['objective/kl']:.2f}",
                 **({"gold": f"{stats['objective/gold']:.3f}"} if "objective/gold" in stats else {}),
             )
-            if save_every and (self.step % save_every == 0) and self.step < self.num_updates:
+            if save_every and (self.step % save_every == 0) and self.step < self.args.num_updates:
                 self.save_checkpoint()
         bar.close()

@@ -16,9 +16,10 @@ from pathlib import Path
 from trl import ModelConfig
 
 from pipeline import outputs
+from pipeline.answers import Answers, answer
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
-from pipeline.evaluation import RULE, Answers, answer, compare
+from pipeline.evaluation import RULE, compare
 from pipeline.models import load_policy, load_scorer, load_tokenizer, require_reward_model, require_same_vocabulary
 from pipeline.reward import load_reward_reader
 from pipeline.sampling import plain, sampling_generator
@@ -58,6 +59,12 @@ def parse_policies(specs: list[str]) -> dict[str, str]:
             raise PipelineError(f"--policies: the name {name!r} is {'reserved' if name == RULE else 'given twice'}")
         policies[name] = path
     return policies
+
+
+def command(policies: list[str], reference: str | None = None, **options: object) -> dict:
+    """`python -m pipeline eval`: NAME=DIR policies, measured against `reference` (default: sft, when given)."""
+    named = parse_policies(policies)
+    return run(EvalConfig(policies=named, reference=reference or ("sft" if "sft" in named else None), **options))
 
 
 def _prompts(config: EvalConfig) -> list[list[dict]]:

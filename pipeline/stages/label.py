@@ -14,11 +14,13 @@ import time
 from collections import defaultdict
 from statistics import mean
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers import set_seed
+from trl import ModelConfig
 
 from pipeline import outputs
 from pipeline.configs import LabelConfig
 from pipeline.data import load_card
+from pipeline.models import load_policy, load_tokenizer
 from pipeline.sampling import generate
 from pipeline.sandbox import Labeler, bayes_accuracy, parse_prompt
 from pipeline.sandbox.comparisons import contrast_pair, ranked_row
@@ -45,8 +47,8 @@ def run(config: LabelConfig, recipe: dict) -> dict:
     # Policy: K samples per prompt at the recipe's temperature (seeded: the same comparisons whether this
     # stage runs alone or after others in one process)
     set_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path)
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=config.model_name_or_path))
+    model = load_policy(config.model_name_or_path, ModelConfig())
     k = config.num_responses
     conversations = [[{"role": "user", "content": p}] for p in prompts for _ in range(k)]
     completions = generate(

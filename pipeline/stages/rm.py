@@ -12,8 +12,8 @@ from trl import ModelConfig, RewardConfig, get_peft_config
 from pipeline.configs import ScriptArguments
 from pipeline.models import check_chat_template, load_reward_model, load_tokenizer, prepare_quantized
 from pipeline.reward import GroupedRewardTrainer
+from pipeline.reward_evaluation import comparison_rows, evaluate_reward_model
 from pipeline.stages.common import fit_long_prompts, load_datasets, start_work, train_evaluate_save
-from pipeline.stages.eval_rm import comparison_rows, evaluate_reward_model
 
 
 def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: RewardConfig, recipe: dict) -> dict:

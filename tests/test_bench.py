@@ -9,6 +9,8 @@ from scripts.bench import settings
 from scripts.bench.__main__ import main, ratios
 from scripts.bench.table import ROWS
 
+pytestmark = pytest.mark.slow  # a quick bench: several fresh processes
+
 KEYS = (
     "sft_time_ratio_vs_trl",
     "rm_time_ratio_vs_trl",

@@ -41,6 +41,8 @@ from tests.conftest import (
 )
 from tests.test_sampling import CONFIG as TINY_LLAMA
 
+pytestmark = pytest.mark.slow  # 2 processes under accelerate launch
+
 MULTI_CPU = ACCELERATE_CONFIGS / "multi_cpu.yaml"
 
 

@@ -8,6 +8,8 @@ from transformers import AutoConfig, Qwen2Config, Qwen2ForCausalLM
 
 from scripts.gpu_check import QWEN25_05B, main
 
+pytestmark = pytest.mark.slow  # the GPU check's stages in bf16
+
 
 def test_the_full_size_model_has_qwen25_05b_shape():
     with torch.device("meta"):

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline import locks, outputs
+from pipeline import locks, outputs, report
+from pipeline.chain import Chain, Step
 from pipeline.cli import main
 from pipeline.errors import PipelineError
 from pipeline.ppo import trainer
@@ -114,7 +115,7 @@ def test_a_token_in_the_environment_is_written_nowhere(runs, tmp_path, monkeypat
     argv = stage_args("sft", SMOKE / "sft/config_smoke.yaml", model_name_or_path=runs / "base", output_dir=sft)
     assert main([*argv, "--max_steps", "2", "--sandbox_eval_prompts", "7", "--hub_token", token]) == 0
     assert main(["push", str(sft), "--repo_id", "someone/leak-test", "--dry_run", str(tmp_path / "upload")]) == 0
-    assert main(["report", str(tmp_path / "run")]) == 0
+    report.write(Chain("leak", tmp_path / "run", [Step("sft", ("sft", "--config", str(SMOKE)), sft)]))
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(written) > 10 and (sft / "recipe.yaml").is_file() and (tmp_path / "upload" / "README.md").is_file()
     assert not [p for p in written if token.encode() in p.read_bytes()]
@@ -132,6 +133,7 @@ def test_no_checkpoint_is_unpickled_and_no_remote_code_runs_by_default():
 STOPS = [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")]
 
 
+@pytest.mark.slow  # a subprocess killed mid-run
 @pytest.mark.parametrize(("signal_name", "status", "said"), STOPS)
 def test_a_stopped_run_says_where_it_stopped_and_frees_its_folder(runs, tmp_path, signal_name, status, said):
     """A scheduler's SIGTERM, like Ctrl-C: one line naming the checkpoint to resume from, the lock released."""

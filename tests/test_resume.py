@@ -21,6 +21,8 @@ from pipeline import chain
 from pipeline.cli import main
 from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, metrics, ppo_args, stage_args
 
+pytestmark = pytest.mark.slow  # kill points: every stage killed and resumed
+
 TIMINGS = ("train_runtime", "label_seconds", "eval_seconds", "seconds")
 
 

@@ -20,6 +20,8 @@ from pipeline.scoring import score_sequences
 from tests.conftest import ROOT, log, metrics, stage_args
 from tests.test_reward_readout import check_one_sequence_per_answer
 
+pytestmark = pytest.mark.slow  # the real model: import, then a chain of its stages
+
 RECIPES = ROOT / "recipes" / "smollm2-135m"
 SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

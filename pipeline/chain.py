@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 
 import yaml
 
@@ -61,6 +62,7 @@ def chain_files() -> dict[str, Path]:
 
 
 def load(name: str) -> Chain:
+    """The chain called `name` (its file's `name` key)."""
     files = chain_files()
     if name not in files:
         raise PipelineError(f"no chain {name!r}; the chains are {', '.join(files)} (recipes/*/chain*.yaml)")
@@ -86,12 +88,14 @@ def read(path: Path) -> Chain:
             argv = (stage, "--config", str(recipe_path))
             output, inputs = Path(recipe["output_dir"]), _recipe_inputs(recipe, made.values())
         else:
-            references = [str(arg)[1:-1] for arg in entry["command"] if str(arg).startswith("{")]
+            references = [field for arg in entry["command"] for _, field, _, _ in Formatter().parse(str(arg)) if field]
             unknown = [name for name in [*references, *entry.get("policies", {}).values()] if name not in made]
             if unknown:
                 raise PipelineError(f"{path}: {entry['command'][0]} names {unknown[0]!r}, no earlier step")
+            if "--output_dir" not in entry["command"]:
+                raise PipelineError(f"{path}: the {entry['command'][0]} step needs --output_dir, its output")
             argv = tuple(str(arg).format(**made) for arg in entry["command"])
-            inputs = [made[name] for name in references]
+            inputs = list(dict.fromkeys(made[name] for name in references))
             policies = {
                 label: made[step] for label, step in entry.get("policies", {}).items() if _done_or_required(step, steps)
             }
@@ -114,7 +118,13 @@ def _recipe_inputs(recipe: dict, made: Iterable[Path]) -> list[Path]:
     """The earlier outputs a recipe reads: through its `*_path` and `data_files` keys and its data cards' files."""
     from pipeline.data.cards import read_card  # not for `--help`: it loads the datasets library
 
-    named = [Path(v) for k, v in recipe.items() if (k.endswith("_path") or k == "data_files") and isinstance(v, str)]
+    named = [
+        Path(value)
+        for key, values in recipe.items()
+        if key.endswith("_path") or key == "data_files"
+        for value in (values if isinstance(values, list) else [values])
+        if isinstance(value, str)
+    ]
     for key in (k for k in recipe if k.endswith("_card") and recipe[k]):
         named += [Path(file) for file in read_card(recipe[key]).local.values()]
     return [folder for folder in made if any(path.is_relative_to(folder) for path in named)]
@@ -122,9 +132,20 @@ def _recipe_inputs(recipe: dict, made: Iterable[Path]) -> list[Path]:
 
 def needs(recipe_path: str | Path, steps: list[Step]) -> list[Step]:
     """The steps that make what a recipe reads, and the steps those need, in chain order."""
+    if not Path(recipe_path).is_file():
+        raise PipelineError(f"recipe not found: {recipe_path}")
     recipe = yaml.safe_load(Path(recipe_path).read_text())
     wanted = set(_recipe_inputs(recipe, [step.output for step in steps]))
     return _with_inputs(steps, wanted)
+
+
+def chain_for(recipe_path: str | Path) -> Chain:
+    """The chain whose steps make what a recipe reads (the sandbox's when none does)."""
+    for name in chain_files():
+        found = load(name)
+        if needs(recipe_path, found.steps):
+            return found
+    return load("sandbox")
 
 
 def needed_for(steps: list[Step], name: str) -> list[Step]:

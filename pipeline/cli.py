@@ -77,10 +77,15 @@ def _default(field: dataclasses.Field) -> str:
 def demo(chain: str, force: bool, until: str | None, needs: str | None) -> None:
     """Run a chain (every step, or those `until` or `needs` asks for), then write its report when whole."""
     started = time.monotonic()
+    if until is not None and needs is not None:
+        raise PipelineError("demo takes --until or --needs, not both")
+    if needs is not None:  # the steps of whichever chain makes what the recipe reads
+        steps = chains.chain_for(needs).steps
+        chains.print_summary(chains.run(chains.needs(needs, steps), main, force), time.monotonic() - started)
+        return
     steps = chains.load(chain).steps
-    if until is not None or needs is not None:
-        wanted = chains.needed_for(steps, until) if until is not None else chains.needs(needs, steps)
-        chains.print_summary(chains.run(wanted, main, force), time.monotonic() - started)
+    if until is not None:
+        chains.print_summary(chains.run(chains.needed_for(steps, until), main, force), time.monotonic() - started)
         return
     rows = chains.run([step for step in steps if step.in_whole_chain], main, force)
     path = report.write(chain)

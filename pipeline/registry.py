@@ -25,11 +25,14 @@ class Argument:
 
 
 def arg(*flags: str, **options: Any) -> Argument:
+    """An argument as `parser.add_argument(*flags, **options)` takes it."""
     return Argument(flags, options)
 
 
 @dataclass(frozen=True)
 class Command:
+    """One `python -m pipeline` command: a recipe stage (`configs`) or a command with `arguments`."""
+
     name: str  # `python -m pipeline <name> ...`
     function: str  # "module:function" that runs it
     summary: str  # one line for --help
@@ -145,7 +148,7 @@ _OTHERS = (
             arg("--chain", default="sandbox", help="a chain's name (see recipes/*/chain*.yaml; default: sandbox)"),
             arg("--force", action="store_true", help="rerun every stage"),
             arg("--until", metavar="STAGE", help="run only this stage and those it needs"),
-            arg("--needs", metavar="RECIPE", help="run only the stages whose outputs this recipe reads"),
+            arg("--needs", metavar="RECIPE", help="run only the steps, of any chain, that make what this recipe reads"),
         ),
     ),
     Command(

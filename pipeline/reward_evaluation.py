@@ -166,7 +166,7 @@ def run(
     card = card or recipe.get("dataset_card")
     split = split or recipe.get("dataset_test_split") or "test"
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=rm_dir))
-    model = load_scorer(rm_dir, ModelConfig(), tokenizer.pad_token_id)
+    model = load_scorer(rm_dir, ModelConfig(dtype="auto"), tokenizer.pad_token_id)  # in the dtype it was saved in
     rows = comparison_rows(card, split, data_files or recipe.get("data_files"), max_rows)
     metrics = evaluate_reward_model(model, tokenizer, rows, recipe.get("max_length"), recipe.get("fit_prompts", False))
     path = folder / outputs.METRICS_FILE

@@ -71,6 +71,24 @@ def test_needs_runs_what_a_recipe_reads_from_its_path_keys_and_its_data_card():
         "rm",
     ]
     assert chain.needs("recipes/qwen2.5-0.5b/sft/config_lora.yaml", steps) == []  # a Hub model: nothing to make
+    smollm2_rm = "recipes/smollm2-135m/rm/config_demo.yaml"
+    found = chain.chain_for(smollm2_rm)  # `make rm RECIPE=...` finds the chain that makes the recipe's inputs
+    assert found.name == "smollm2"
+    assert [s.name for s in chain.needs(smollm2_rm, found.steps)] == ["import", "sft", "merge", "label"]
+
+
+def test_a_bad_chain_request_is_one_line(tmp_path, capsys):
+    assert main(["demo", "--until", "sft", "--needs", "recipes/sandbox/rm/config_demo.yaml"]) == 2
+    assert "demo takes --until or --needs, not both" in capsys.readouterr().err
+    assert main(["demo", "--needs", "nowhere.yaml"]) == 2
+    assert "recipe not found: nowhere.yaml" in capsys.readouterr().err
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "folder": "x", "steps": [{"command": ["eval", "{sft}"]}]}))
+    with pytest.raises(PipelineError, match="eval names 'sft', no earlier step"):
+        chain.read(path)
+    path.write_text(yaml.safe_dump({"name": "t", "folder": "x", "steps": [{"command": ["import-gguf"]}]}))
+    with pytest.raises(PipelineError, match="the import-gguf step needs --output_dir"):
+        chain.read(path)
 
 
 def _recipe(folder: Path, name: str, **keys) -> str:

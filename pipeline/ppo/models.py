@@ -30,6 +30,8 @@ from pipeline.reward import RewardReader, load_reward_reader
 
 @dataclass
 class PPOModels:
+    """What `load_models` gives the PPO trainer."""
+
     tokenizer: PreTrainedTokenizerBase
     policy: PreTrainedModel
     value_model: PreTrainedModel

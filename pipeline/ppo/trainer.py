@@ -146,7 +146,7 @@ class PPOTrainer:
     ) -> None:
         """`ref_policy` None: the LoRA policy with its adapter off; `reward_model` None: likewise the value model.
 
-        `reward_stats`: the mean and std that `normalize_reward` divides by (None: the first rollout's scores');
+        `reward_stats`: the mean and std that `normalize_reward` divides by (None: the first rollout's scores);
         `reward_reader`: how the reward model reads a response (default: the policy's tokenizer, no length);
         `prompt_groups`: a label per prompt (the sandbox's task family), whose mix each update logs.
         """
@@ -410,13 +410,14 @@ class PPOTrainer:
                 f"and the first rollout's {len(scores)} scores have no spread to take them from; "
                 "set normalize_reward: false"
             )
-        logger.info(
-            "normalize_reward: %s has no reward statistics; the first rollout's %d scores give mean %.4f, std %.4f",
-            self.args.reward_model_path,
-            len(scores),
-            mean,
-            std,
-        )
+        if self.accelerator.is_main_process:
+            logger.info(
+                "normalize_reward: %s has no reward statistics; the first rollout's %d scores give mean %.4f, std %.4f",
+                self.args.reward_model_path,
+                len(scores),
+                mean,
+                std,
+            )
         return mean, std
 
     @torch.no_grad()

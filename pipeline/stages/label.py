@@ -48,7 +48,7 @@ def run(config: LabelConfig, recipe: dict) -> dict:
     # stage runs alone or after others in one process)
     set_seed(config.seed)
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=config.model_name_or_path))
-    model = load_policy(config.model_name_or_path, ModelConfig())
+    model = load_policy(config.model_name_or_path, ModelConfig(dtype="auto"))  # in the dtype it was saved in
     k = config.num_responses
     conversations = [[{"role": "user", "content": p}] for p in prompts for _ in range(k)]
     completions = generate(

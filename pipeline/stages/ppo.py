@@ -45,7 +45,9 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
 
     # Models: policy and reference from SFT, value model and reward model from the RM
     models = load_models(args, model_args)
-    reward_stats = reward_statistics(args.reward_model_path)  # None: PPO takes them from its first rollout
+    # None where the RM carries none (a Hub model): PPO takes them from its first rollout
+    normalized = args.normalize_reward and not args.gold_reward_scale
+    reward_stats = reward_statistics(args.reward_model_path) if normalized else None
 
     # Train: rollouts, scores, clipped updates; checkpoints every save_steps
     trainer = PPOTrainer(

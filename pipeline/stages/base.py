@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-from trl import ModelConfig, SFTConfig, SFTTrainer
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from trl import SFTConfig, SFTTrainer
 
 from pipeline.configs import ScriptArguments, TinyModelConfig
-from pipeline.models import load_tokenizer
 from pipeline.sandbox.tokenizer import train_tokenizer
 from pipeline.stages.common import load_datasets, start_work, train_evaluate_save
 
@@ -21,7 +20,7 @@ def run(script_args: ScriptArguments, model_args: TinyModelConfig, training_args
 
     # Tokenizer: learnt from that text (kept in the work folder, so a resumed run reuses it)
     if (work / "tokenizer.json").exists():
-        tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(work)))
+        tokenizer = AutoTokenizer.from_pretrained(work)
     else:
         tokenizer = train_tokenizer(train_dataset["text"], model_args.template_min_count)
         tokenizer.save_pretrained(work)

@@ -4,6 +4,10 @@ from pathlib import Path
 
 # The tests never reach a hub: a Hub id fails at once instead of after minutes of retries
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# MKL may pick its kernels by the memory alignment of a matrix, so a run in this process (whose
+# allocations depend on the tests before it) and one in a fresh process could differ in the last
+# bits; strict mode makes MKL's results independent of alignment for the resume tests' comparisons
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import pytest
 import torch

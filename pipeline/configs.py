@@ -23,6 +23,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from pipeline.distributed import CPU_BACKEND, cpu_ranks
 from pipeline.errors import RecipeError
+from pipeline.precision import resolve_auto
 
 if TYPE_CHECKING:
     from pipeline.registry import Command
@@ -324,11 +325,11 @@ def parse_overrides(stage: Command, argv: list[str]) -> dict[str, Any]:
     """`--key value` overrides, typed by HfArgumentParser from the stage's config classes.
 
     As on TRL's command lines, a bare `--flag` is true, `--no_flag` false, a list takes several values;
-    `--key null` sets a key to None.
+    `--key null` sets a key to None, and `--bf16 auto` leaves the choice to the machine (pipeline.precision).
     """
     parser = _OverrideParser(stage.config_classes())
     options = parser._option_string_actions  # --key, --key-with-dashes, --no_flag -> its action
-    given, parsed, nulls = [], [], {}
+    given, parsed, verbatim = [], [], {}  # verbatim: values the parser cannot type
     key = None  # the key whose values follow
     for arg in argv:
         if arg.startswith("--"):
@@ -337,15 +338,16 @@ def parse_overrides(stage: Command, argv: list[str]) -> dict[str, Any]:
                 dests = {action.dest for action in parser._actions}
                 raise RecipeError(_unknown_key(option[2:], dests, "the command line", stage.name))
             key = options[option].dest
-            if inline == "null":
-                nulls[key], key = None, None
+            if found := _verbatim(key, inline):
+                verbatim.update(found)
+                key = None
                 continue
             given.append(key)
             parsed.append(arg)
         elif key is None:
             raise RecipeError(f"expected --key value, got {arg!r}")
-        elif arg == "null" and parsed[-1].startswith("--"):
-            nulls[key] = None
+        elif parsed[-1].startswith("--") and (found := _verbatim(key, arg)):
+            verbatim.update(found)
             given.remove(key)
             parsed.pop()
             key = None
@@ -354,7 +356,16 @@ def parse_overrides(stage: Command, argv: list[str]) -> dict[str, Any]:
         else:
             parsed.append(arg)
     namespace = parser.parse_args(parsed)
-    return {**{key: getattr(namespace, key) for key in given}, **nulls}
+    return {**{key: getattr(namespace, key) for key in given}, **verbatim}
+
+
+def _verbatim(key: str, value: str) -> dict[str, Any]:
+    """{key: value} for a value the parser cannot type (`null`; `auto` as `bf16`), else {}."""
+    if value == "null":
+        return {key: None}
+    if key == "bf16" and value == "auto":
+        return {key: "auto"}
+    return {}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -391,6 +402,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 def build_configs(stage: Command, values: dict[str, Any], source: str = "recipe") -> tuple:
     """The stage's config dataclasses, built from a flat mapping of recipe keys."""
     classes, stage = stage.config_classes(), stage.name
+    resolve_auto(values)  # `bf16: auto` -> true or false, by this machine
     hints = {}
     for cls in reversed(classes):
         fields = {f.name for f in dataclasses.fields(cls) if f.init}

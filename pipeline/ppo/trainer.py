@@ -357,6 +357,11 @@ class PPOTrainer:
                     synced=self.synced,
                 )
                 responses, mask = samples.responses, samples.mask
+                logprobs, entropy = samples.logprobs, samples.entropy
+                if args.bf16:
+                    # bf16 rounds the sampler's one-token passes differently from the learning pass's whole
+                    # sequence: the log-probs come from a pass like the latter, so each update starts at ratio 1
+                    logprobs, entropy = response_logprobs(policy, q, qm, responses, mask, args.temperature)
                 reference, disabled = self.reference()
                 with disabled():
                     ref_logprobs, _ = response_logprobs(reference, q, qm, responses, mask, args.temperature)
@@ -365,10 +370,10 @@ class PPOTrainer:
                 for name, tensor in (
                     ("responses", responses),
                     ("mask", mask),
-                    ("logprobs", samples.logprobs),
+                    ("logprobs", logprobs),
                     ("ref_logprobs", ref_logprobs),
                     ("values", values),
-                    ("entropy", samples.entropy),
+                    ("entropy", entropy),
                 ):
                     fill = pad if name == "responses" else 0
                     parts[name].append(torch.nn.functional.pad(tensor, (0, pad_to), value=fill))

@@ -217,19 +217,20 @@ def train_evaluate_save(
         logger.warning("%s: every held-out row is longer than max_length: no eval_loss", script_args.dataset_card)
     elif trainer.eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    if script_args.sandbox_eval_prompts:
-        metrics.update(
-            evaluate_policy(
-                trainer.model,
-                tokenizer,
-                script_args.sandbox_eval_prompts,
-                script_args.sandbox_eval_max_new_tokens,
-                script_args.sandbox_eval_batch_size,
-                samples_dir=work if trainer.is_world_process_zero() else None,
+    with trainer.accelerator.autocast():  # in training's precision
+        if script_args.sandbox_eval_prompts:
+            metrics.update(
+                evaluate_policy(
+                    trainer.model,
+                    tokenizer,
+                    script_args.sandbox_eval_prompts,
+                    script_args.sandbox_eval_max_new_tokens,
+                    script_args.sandbox_eval_batch_size,
+                    samples_dir=work if trainer.is_world_process_zero() else None,
+                )
             )
-        )
-    if evaluate is not None:
-        metrics.update(evaluate(trainer.model))
+        if evaluate is not None:
+            metrics.update(evaluate(trainer.model))
     trainer.save_model(str(work))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(work))

@@ -11,6 +11,7 @@ from trl import ModelConfig, RewardConfig, get_peft_config
 
 from pipeline.configs import ScriptArguments
 from pipeline.models import check_chat_template, load_reward_model, load_tokenizer, prepare_quantized
+from pipeline.precision import hold_frozen, trainable_in_fp32
 from pipeline.reward import GroupedRewardTrainer
 from pipeline.reward_evaluation import comparison_rows, evaluate_reward_model
 from pipeline.stages.common import fit_long_prompts, load_datasets, start_work, train_evaluate_save
@@ -41,11 +42,10 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
         script_args, tokenizer, training_args.max_length, train_dataset, eval_dataset
     )
     set_seed(training_args.seed)
-    model = prepare_quantized(
-        load_reward_model(model_args, tokenizer.pad_token_id, training_args.trust_remote_code),
-        model_args,
-        training_args.activation_checkpointing,
-    )
+    model = load_reward_model(model_args, tokenizer.pad_token_id, training_args.trust_remote_code)
+    if model_args.use_peft:  # a frozen base: bf16 under bf16
+        model = hold_frozen(model, training_args.bf16)
+    model = prepare_quantized(model, model_args, training_args.activation_checkpointing)
 
     # LoRA: a sequence-classification adapter, which trains and saves the score head with it
     peft_config = get_peft_config(model_args)
@@ -61,6 +61,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    trainable_in_fp32(trainer.model)  # the adapter and its score head
     evaluate = (
         (
             lambda trained: evaluate_reward_model(

@@ -6,6 +6,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from pipeline.configs import ScriptArguments
 from pipeline.models import check_chat_template, load_causal_lm, load_tokenizer, prepare_quantized
+from pipeline.precision import hold_frozen, trainable_in_fp32
 from pipeline.stages.common import fit_long_prompts, load_datasets, start_work, train_evaluate_save
 
 
@@ -25,10 +26,12 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SF
         script_args, tokenizer, training_args.max_length, train_dataset, eval_dataset
     )
 
-    # Model: full weights, or a LoRA adapter (on 4-bit weights with load_in_4bit)
-    model = prepare_quantized(
-        load_causal_lm(model_args, training_args.trust_remote_code), model_args, training_args.activation_checkpointing
-    )
+    # Model: full weights (fp32 masters under bf16), or a LoRA adapter on a frozen base (bf16 under bf16; 4-bit with
+    # load_in_4bit)
+    model = load_causal_lm(model_args, training_args.trust_remote_code)
+    if model_args.use_peft:
+        model = hold_frozen(model, training_args.bf16)
+    model = prepare_quantized(model, model_args, training_args.activation_checkpointing)
 
     # Train, evaluate, save
     trainer = SFTTrainer(
@@ -39,4 +42,5 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SF
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    trainable_in_fp32(trainer.model)
     return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir)

@@ -200,6 +200,8 @@ def compare(run: Runner, size: Size, args: argparse.Namespace, bench: dict) -> d
         recipe, models = settings.SMOLLM2_PPO_RECIPE, (args.smollm2, str(rm), 0, 0)
         compare_ppo(run, bench, runs, "ppo_smollm2", size.pairs, settings.PPO_SMOLLM2, recipe, models)
 
+    if size.smollm2 and has_smollm2(args):
+        compare_precision(run, size, args, bench, runs)
     rollout = {
         "sft": args.sft,
         "prompts_card": "data_cards/sandbox_prompts.md",
@@ -211,6 +213,43 @@ def compare(run: Runner, size: Size, args: argparse.Namespace, bench: dict) -> d
     runs["rollout"] = pairs(run, size.pairs, lambda _: (("rollout-ours", rollout), ("rollout-generate", rollout)))
     put(bench, "rollout_ratio_vs_generate", ratios(runs["rollout"], "tokens_per_second"))
     return runs
+
+
+def compare_precision(run: Runner, size: Size, args: argparse.Namespace, bench: dict, runs: dict) -> None:
+    """SmolLM2's LoRA stages and sampler, fp32 against bf16 (`bf16: true`), in pairs: `smollm2_*_bf16_speedup`."""
+    base, bf16 = args.smollm2, {"bf16": True, "use_cpu": True}
+
+    def in_bf16(spec: dict, key: str = "overrides") -> dict:
+        return {**spec, key: {**spec[key], **bf16}}
+
+    def measure(name: str, a: tuple[str, dict], b: tuple[str, dict], key: str, invert: bool = False) -> None:
+        runs[name] = pairs(run, size.pairs, lambda _: (a, b))
+        put(bench, name, ratios(runs[name], key, invert))
+
+    # The demo's recipes; the RM reads the comparisons shipped with the repository, not the demo's labels
+    data = {"sft": {}, "rm": {"dataset_card": "data_cards/sandbox_comparisons_static.md"}}
+    for stage in ("sft", "rm"):
+        fp32 = trainer_spec(settings.SMOLLM2 / stage / "config_demo.yaml", size.precision_steps, base, **data[stage])
+        side = f"{stage}-ours"
+        measure(f"smollm2_{stage}_bf16_speedup", (side, fp32), (side, in_bf16(fp32)), "seconds_per_step")
+    rm = str(untrained_reward_model(base, Path(args.output_dir) / "smollm2_rm"))
+    keys = {**settings.PPO_SMOLLM2, "learning_rate": LORA_LEARNING_RATE}
+    (ours, fp32), (theirs, trl_fp32) = ppo_specs(settings.SMOLLM2_PPO_RECIPE, keys, base, rm, True, 0, 0)
+    half = in_bf16(fp32)
+    measure("smollm2_ppo_bf16_speedup", (ours, fp32), (ours, half), "episodes_per_second", invert=True)
+    measure("ppo_bf16_speedup_vs_trl112", (ours, half), (theirs, in_bf16(trl_fp32, "ppo")), "episodes_per_second")
+    rollout = {
+        "sft": base,
+        "prompts_card": "data_cards/sandbox_prompts.md",
+        "prompts_split": "ppo",
+        "rollout_batch": size.rollout_batch // 2,
+        "rollout_repeats": size.rollout_repeats // 2,
+        "max_new_tokens": keys["response_length"],
+    }
+    half = {**rollout, "bf16": True}
+    sampler = "rollout-ours"
+    measure("smollm2_sampling_bf16_speedup", (sampler, rollout), (sampler, half), "tokens_per_second", invert=True)
+    measure("smollm2_rollout_bf16_ratio_vs_generate", (sampler, half), ("rollout-generate", half), "tokens_per_second")
 
 
 def has_smollm2(args: argparse.Namespace) -> bool:

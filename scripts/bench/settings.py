@@ -95,6 +95,7 @@ class Size:
     rollout_batch: int
     rollout_repeats: int
     recipes: dict[str, Path] = field(default_factory=dict)
+    precision_steps: int = 10  # SmolLM2 SFT and RM steps in each fp32/bf16 run
     smollm2: bool = True  # SmolLM2 PPO comparisons and memory rows, when it is imported
     memory: bool = True  # LoRA and QLoRA runs
 

@@ -272,10 +272,8 @@ def ppo_trl112(spec: Spec) -> dict:
         num_sample_generations=0,
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
-        bf16=False,
         dataloader_pin_memory=False,
-        **settings,
+        **{"use_cpu": True, "bf16": False, **settings},  # fp32 unless the spec says bf16
     )
     trainer = theirs.PPOTrainer(
         args=args,
@@ -296,7 +294,7 @@ def ppo_trl112(spec: Spec) -> dict:
 
 
 def rollout_batch(spec: Spec) -> tuple[torch.nn.Module, Any, torch.Tensor, torch.Tensor]:
-    """The SFT policy and one left-padded batch of PPO prompts."""
+    """The SFT policy (its weights in bf16 with `bf16`) and one left-padded batch of PPO prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.data import load_card
@@ -304,6 +302,8 @@ def rollout_batch(spec: Spec) -> tuple[torch.nn.Module, Any, torch.Tensor, torch
 
     tokenizer = AutoTokenizer.from_pretrained(spec["sft"])
     model = AutoModelForCausalLM.from_pretrained(spec["sft"]).eval()
+    if spec.get("bf16"):
+        model.to(torch.bfloat16)
     rows, _ = load_card(spec["prompts_card"], spec["prompts_split"], None, spec["rollout_batch"])
     queries, mask = left_pad(encode_prompts(tokenizer, list(rows["prompt"])), tokenizer.pad_token_id)
     return model, tokenizer, queries, mask

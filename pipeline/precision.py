@@ -1,0 +1,75 @@
+"""The precision policy: `bf16: auto` computes in bf16 where the hardware does it fast, fp32 elsewhere.
+
+Under bf16, the matmuls run under autocast; weights nobody trains (a LoRA base, PPO's reference policy
+and reward model) are held in bf16, and what is trained (full weights, adapters, heads) and the
+optimiser state stay fp32. On a CPU without AVX512-BF16 or AMX, bf16 is emulated and a step was
+about 14x slower than fp32: `auto` keeps fp32 there.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from pipeline.distributed import requested_engine
+
+logger = logging.getLogger(__name__)
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The CPU's instruction sets that compute bf16 natively (Linux's /proc/cpuinfo flags)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.is_file() else ""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return [flag for flag in CPU_BF16_FLAGS if flag in flags]
+
+
+def fast_bf16(on_cpu: bool) -> tuple[bool, str]:
+    """Whether the run's device (this machine's GPU, or its CPU) computes bf16 fast, and why."""
+    if not on_cpu:
+        name = torch.cuda.get_device_name()
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return True, f"{name} supports bf16"
+        return False, f"{name} has no native bf16"
+    flags = cpu_bf16_flags()
+    if flags:
+        return True, f"this CPU has {' and '.join(flag.upper().replace('_', '-') for flag in flags)}"
+    return False, "this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated"
+
+
+def resolve_auto(values: dict) -> None:
+    """Replace a recipe's `bf16: auto` by what `fast_bf16` picks, and say which in one line."""
+    if values.get("bf16") != "auto":
+        return
+    on_cpu = bool(values.get("use_cpu")) or not torch.cuda.is_available()
+    fast, why = fast_bf16(on_cpu)
+    values["bf16"] = fast
+    if fast and on_cpu:
+        values["use_cpu"] = True  # transformers takes bf16 without a GPU only when told the run is on the CPU
+    logger.info("precision: %s (bf16: auto; %s)", "bf16" if fast else "fp32", why)
+
+
+def _applies(model: PreTrainedModel) -> bool:
+    # 4/8-bit weights follow QLoRA's recipe (TRL's), and DeepSpeed and FSDP cast the weights they shard themselves
+    return getattr(model, "hf_quantizer", None) is None and requested_engine() is None
+
+
+def hold_frozen(model: PreTrainedModel, bf16: bool) -> PreTrainedModel:
+    """Weights nobody trains (a LoRA base, a reference or reward model), in bf16 when the run computes in bf16."""
+    if bf16 and _applies(model):
+        model.to(torch.bfloat16)
+    return model
+
+
+def trainable_in_fp32(model: PreTrainedModel) -> PreTrainedModel:
+    """What is trained on a bf16 base (adapters, a copied score head) in fp32, with its updates and optimiser state."""
+    if _applies(model):
+        for param in model.parameters():
+            if param.requires_grad and param.dtype == torch.bfloat16:
+                param.data = param.data.float()
+    return model

@@ -222,6 +222,9 @@ def compare_precision(run: Runner, size: Size, args: argparse.Namespace, bench: 
     def in_bf16(spec: dict, key: str = "overrides") -> dict:
         return {**spec, key: {**spec[key], **bf16}}
 
+    def in_fp32(spec: dict) -> dict:  # whatever the recipe says
+        return {**spec, "overrides": {**spec["overrides"], "bf16": False}}
+
     def measure(name: str, a: tuple[str, dict], b: tuple[str, dict], key: str, invert: bool = False) -> None:
         runs[name] = pairs(run, size.pairs, lambda _: (a, b))
         put(bench, name, ratios(runs[name], key, invert))
@@ -229,13 +232,15 @@ def compare_precision(run: Runner, size: Size, args: argparse.Namespace, bench: 
     # The demo's recipes; the RM reads the comparisons shipped with the repository, not the demo's labels
     data = {"sft": {}, "rm": {"dataset_card": "data_cards/sandbox_comparisons_static.md"}}
     for stage in ("sft", "rm"):
-        fp32 = trainer_spec(settings.SMOLLM2 / stage / "config_demo.yaml", size.precision_steps, base, **data[stage])
+        fp32 = in_fp32(
+            trainer_spec(settings.SMOLLM2 / stage / "config_demo.yaml", size.precision_steps, base, **data[stage])
+        )
         side = f"{stage}-ours"
         measure(f"smollm2_{stage}_bf16_speedup", (side, fp32), (side, in_bf16(fp32)), "seconds_per_step")
     rm = str(untrained_reward_model(base, Path(args.output_dir) / "smollm2_rm"))
     keys = {**settings.PPO_SMOLLM2, "learning_rate": LORA_LEARNING_RATE}
     (ours, fp32), (theirs, trl_fp32) = ppo_specs(settings.SMOLLM2_PPO_RECIPE, keys, base, rm, True, 0, 0)
-    half = in_bf16(fp32)
+    fp32, half = in_fp32(fp32), in_bf16(fp32)
     measure("smollm2_ppo_bf16_speedup", (ours, fp32), (ours, half), "episodes_per_second", invert=True)
     measure("ppo_bf16_speedup_vs_trl112", (ours, half), (theirs, in_bf16(trl_fp32, "ppo")), "episodes_per_second")
     rollout = {

@@ -98,6 +98,9 @@ class LabelConfig:
         default=0, metadata={"help": "Right-vs-wrong pairs in one wrapper added per training prompt."}
     )
     test_fraction: float = 0.1
+    bf16: bool = field(
+        default=False, metadata={"help": "Sample with the policy's weights in bf16 (auto: by hardware)."}
+    )
     seed: int = 0
 
 
@@ -402,11 +405,11 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 def build_configs(stage: Command, values: dict[str, Any], source: str = "recipe") -> tuple:
     """The stage's config dataclasses, built from a flat mapping of recipe keys."""
     classes, stage = stage.config_classes(), stage.name
-    resolve_auto(values)  # `bf16: auto` -> true or false, by this machine
     hints = {}
     for cls in reversed(classes):
         fields = {f.name for f in dataclasses.fields(cls) if f.init}
         hints.update({k: v for k, v in typing.get_type_hints(cls).items() if k in fields})
+    resolve_auto(values, trainer="use_cpu" in hints)  # `bf16: auto` -> true or false, by this machine
     for key in values:
         if key not in hints:
             raise RecipeError(_unknown_key(key, hints, source, stage))

@@ -42,15 +42,18 @@ def fast_bf16(on_cpu: bool) -> tuple[bool, str]:
     return False, "this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated"
 
 
-def resolve_auto(values: dict) -> None:
-    """Replace a recipe's `bf16: auto` by what `fast_bf16` picks, and say which in one line."""
+def resolve_auto(values: dict, trainer: bool) -> None:
+    """Replace a recipe's `bf16: auto` by what `fast_bf16` picks, and say which in one line.
+
+    `trainer`: the values build TrainingArguments, which take bf16 without a GPU only with `use_cpu`.
+    """
     if values.get("bf16") != "auto":
         return
     on_cpu = bool(values.get("use_cpu")) or not torch.cuda.is_available()
     fast, why = fast_bf16(on_cpu)
     values["bf16"] = fast
-    if fast and on_cpu:
-        values["use_cpu"] = True  # transformers takes bf16 without a GPU only when told the run is on the CPU
+    if fast and on_cpu and trainer:
+        values["use_cpu"] = True
     logger.info("precision: %s (bf16: auto; %s)", "bf16" if fast else "fp32", why)
 
 

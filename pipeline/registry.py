@@ -123,6 +123,7 @@ _OTHERS = (
             arg("--best_of_n", type=int, default=16, help="the reference's samples per prompt for best-of-n"),
             arg("--temperature", type=float, default=1.0, help="sampling temperature (1: the policy itself)"),
             arg("--batch_size", type=int, default=100),
+            arg("--bf16", choices=("auto", "true", "false"), default="false", help="sample with bf16 weights"),
             arg("--seed", type=int, default=0),
             arg("--output_dir", default="outputs/demo/eval"),
             arg("--trust_remote_code", action="store_true"),

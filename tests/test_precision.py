@@ -16,6 +16,7 @@ from pipeline.configs import build_configs, parse_overrides
 from pipeline.errors import RecipeError
 from pipeline.ppo.trainer import PPOTrainer
 from pipeline.registry import stage
+from pipeline.stages import eval as eval_stage
 from tests.conftest import SMOKE, log, metrics, ppo_args, stage_args
 
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n"
@@ -36,7 +37,7 @@ def test_auto_picks_by_the_cpu_and_says_so_in_one_line(cpuinfo, chosen, monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     values = {"bf16": "auto", "learning_rate": 1e-4}
     with caplog.at_level(logging.INFO, logger="pipeline.precision"):
-        precision.resolve_auto(values)
+        precision.resolve_auto(values, trainer=True)
     assert values["bf16"] is chosen
     # transformers refuses bf16 without a GPU unless use_cpu says the run is on the CPU
     assert values.get("use_cpu", False) is chosen
@@ -122,4 +123,36 @@ def test_lora_ppo_in_bf16_starts_each_update_at_ratio_1_with_frozen_models_in_bf
     assert bf16[0]["objective/rm_score"] == pytest.approx(fp32[0]["objective/rm_score"], abs=0.05)
     assert metrics(runs_by["true"])["eval"]["policies"]["ppo"]["gold"]["mean"] == pytest.approx(
         metrics(runs_by["false"])["eval"]["policies"]["ppo"]["gold"]["mean"], abs=0.05
+    )
+
+
+def test_outside_a_trainer_auto_sets_bf16_alone(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    values = {"bf16": "auto"}
+    precision.resolve_auto(values, trainer=False)  # label, eval: no TrainingArguments, no use_cpu
+    assert values == {"bf16": True}
+
+
+@pytest.mark.slow
+def test_eval_in_bf16_samples_with_bf16_weights_and_matches_fp32(runs, tmp_path, monkeypatch):
+    dtypes = []
+    answer = eval_stage.answer
+
+    def recording(policy, *args, **kwargs):
+        dtypes.append(next(policy.parameters()).dtype)
+        return answer(policy, *args, **kwargs)
+
+    monkeypatch.setattr(eval_stage, "answer", recording)
+    found = {}
+    for bf16 in ("false", "true"):
+        out = tmp_path / bf16
+        args = ["eval", "--policies", f"base={runs / 'base'}", f"sft={runs / 'sft'}", "--num_prompts", "40"]
+        assert main([*args, "--num_samples", "1", "--best_of_n", "0", "--bf16", bf16, "--output_dir", str(out)]) == 0
+        found[bf16] = metrics(out)["policies"]
+    assert dtypes == [torch.float32] * 2 + [torch.bfloat16] * 2
+    for name in ("base", "sft"):
+        assert found["true"][name]["gold"]["mean"] == pytest.approx(found["false"][name]["gold"]["mean"], abs=0.05)
+    assert found["true"]["base"]["kl_to_reference"]["mean"] == pytest.approx(
+        found["false"]["base"]["kl_to_reference"]["mean"], rel=0.1
     )

@@ -21,6 +21,7 @@ from pipeline.data import load_card
 from pipeline.errors import PipelineError
 from pipeline.evaluation import RULE, compare
 from pipeline.models import load_policy, load_scorer, load_tokenizer, require_reward_model, require_same_vocabulary
+from pipeline.precision import hold_frozen, resolve_auto
 from pipeline.reward import load_reward_reader
 from pipeline.sampling import plain, sampling_generator
 from pipeline.sandbox.evaluation import is_sandbox
@@ -46,6 +47,7 @@ class EvalConfig:
     batch_size: int = 100
     seed: int = 0
     trust_remote_code: bool = False
+    bf16: bool = False  # every model's weights in bf16
 
 
 def parse_policies(specs: list[str]) -> dict[str, str]:
@@ -61,10 +63,13 @@ def parse_policies(specs: list[str]) -> dict[str, str]:
     return policies
 
 
-def command(policies: list[str], reference: str | None = None, **options: object) -> dict:
+def command(policies: list[str], bf16: str, reference: str | None = None, **options: object) -> dict:
     """`python -m pipeline eval`: NAME=DIR policies, measured against `reference` (default: sft, when given)."""
     named = parse_policies(policies)
-    return run(EvalConfig(policies=named, reference=reference or ("sft" if "sft" in named else None), **options))
+    precision = {"bf16": {"true": True, "false": False}.get(bf16, bf16)}
+    resolve_auto(precision, trainer=False)
+    reference = reference or ("sft" if "sft" in named else None)
+    return run(EvalConfig(policies=named, reference=reference, **precision, **options))
 
 
 def _prompts(config: EvalConfig) -> list[list[dict]]:
@@ -176,19 +181,23 @@ def run(config: EvalConfig) -> dict:
         require_same_vocabulary(tokenizer, path, name, base_name, config.trust_remote_code)
     reference = None
     if config.reference is not None:
-        reference = load_policy(config.policies[config.reference], model_args, config.trust_remote_code).eval()
+        reference = load_policy(config.policies[config.reference], model_args, config.trust_remote_code)
+        reference = hold_frozen(reference.eval(), config.bf16)
     reward_model, reader = None, None
     if config.reward_model is not None:
         require_reward_model(config.reward_model, "--reward_model")
         require_same_vocabulary(tokenizer, config.reward_model, "the reward model", base_name, config.trust_remote_code)
         reward_model = load_scorer(config.reward_model, model_args, tokenizer.pad_token_id, config.trust_remote_code)
-        reward_model.eval()
+        reward_model = hold_frozen(reward_model.eval(), config.bf16)
         reader = load_reward_reader(config.reward_model, tokenizer, config.trust_remote_code)
 
     answers: dict[str, Answers] = {}
     for name, path in config.policies.items():
         is_reference = name == config.reference
-        policy = reference if is_reference else load_policy(path, model_args, config.trust_remote_code)
+        if is_reference:
+            policy = reference
+        else:
+            policy = hold_frozen(load_policy(path, model_args, config.trust_remote_code), config.bf16)
         # In the sandbox the reference draws enough samples for best-of-n (its sampled gold uses them all)
         frontier = is_reference and sandbox and reward_model is not None
         num_samples = max(config.num_samples, config.best_of_n if frontier else 0)

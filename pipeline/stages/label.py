@@ -21,6 +21,7 @@ from pipeline import outputs
 from pipeline.configs import LabelConfig
 from pipeline.data import load_card
 from pipeline.models import load_policy, load_tokenizer
+from pipeline.precision import hold_frozen
 from pipeline.sampling import generate
 from pipeline.sandbox import Labeler, bayes_accuracy, parse_prompt
 from pipeline.sandbox.comparisons import contrast_pair, ranked_row
@@ -48,7 +49,8 @@ def run(config: LabelConfig, recipe: dict) -> dict:
     # stage runs alone or after others in one process)
     set_seed(config.seed)
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=config.model_name_or_path))
-    model = load_policy(config.model_name_or_path, ModelConfig(dtype="auto"))  # in the dtype it was saved in
+    # In the dtype it was saved in, or bf16
+    model = hold_frozen(load_policy(config.model_name_or_path, ModelConfig(dtype="auto")), config.bf16)
     k = config.num_responses
     conversations = [[{"role": "user", "content": p}] for p in prompts for _ in range(k)]
     completions = generate(

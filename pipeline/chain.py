@@ -165,11 +165,15 @@ def _with_inputs(steps: list[Step], wanted: set[Path]) -> list[Step]:
 
 
 def fingerprint(step: Step) -> str:
-    """A hash of what the step's output depends on: its arguments, recipe files and inputs' metrics."""
+    """A hash of what the step's output depends on: its arguments, recipe files (and the files they name, a
+    data card or a chat template) and inputs' metrics."""
     digest = hashlib.sha256(json.dumps(step.argv).encode())
     for arg in step.argv:
         if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
             digest.update(Path(arg).read_bytes())
+            named = [v for v in yaml.safe_load(Path(arg).read_text()).values() if isinstance(v, str)]
+            for path in sorted({Path(v) for v in named if Path(v).is_file()}):
+                digest.update(path.read_bytes())
     for folder in step.inputs:
         metrics = folder / outputs.METRICS_FILE
         if not metrics.is_file():

@@ -1,9 +1,9 @@
 """The precision policy: `bf16: auto` computes in bf16 where the hardware does it fast, fp32 elsewhere.
 
-Under bf16, the matmuls run under autocast; weights nobody trains (a LoRA base, PPO's reference policy
-and reward model) are held in bf16, and what is trained (full weights, adapters, heads) and the
-optimiser state stay fp32. On a CPU without AVX512-BF16 or AMX, bf16 is emulated and a step was
-about 14x slower than fp32: `auto` keeps fp32 there.
+Under bf16, the matmuls run under autocast; weights nobody trains (a LoRA base, PPO's reward model,
+the policies label and eval sample from) are held in bf16, and what is trained (full weights,
+adapters, heads) and the optimiser state stay fp32. On a CPU without AVX512-BF16 or AMX, bf16 is
+emulated and a step was about 14x slower than fp32: `auto` keeps fp32 there.
 """
 
 from __future__ import annotations
@@ -45,33 +45,38 @@ def fast_bf16(on_cpu: bool) -> tuple[bool, str]:
 def resolve_auto(values: dict, trainer: bool) -> None:
     """Replace a recipe's `bf16: auto` by what `fast_bf16` picks, and say which in one line.
 
-    `trainer`: the values build TrainingArguments, which take bf16 without a GPU only with `use_cpu`.
+    `trainer`: the values build TrainingArguments for a run on this machine's device; otherwise the
+    models stay on the CPU (label, eval), which decides.
     """
     if values.get("bf16") != "auto":
         return
-    on_cpu = bool(values.get("use_cpu")) or not torch.cuda.is_available()
+    on_cpu = not trainer or bool(values.get("use_cpu")) or not torch.cuda.is_available()
     fast, why = fast_bf16(on_cpu)
+    if fast and on_cpu and trainer and requested_engine() is not None:
+        # transformers takes bf16 without a GPU only with use_cpu, and with use_cpu accelerate skips DeepSpeed
+        fast, why = False, "DeepSpeed on CPU ranks cannot take bf16 here"
     values["bf16"] = fast
     if fast and on_cpu and trainer:
-        values["use_cpu"] = True
+        values["use_cpu"] = True  # transformers takes bf16 without a GPU only when told the run is on the CPU
     logger.info("precision: %s (bf16: auto; %s)", "bf16" if fast else "fp32", why)
 
 
 def _applies(model: PreTrainedModel) -> bool:
-    # 4/8-bit weights follow QLoRA's recipe (TRL's), and DeepSpeed and FSDP cast the weights they shard themselves
+    # 4/8-bit weights follow QLoRA's recipe (TRL's); under DeepSpeed or FSDP weights stay as the engine holds them
     return getattr(model, "hf_quantizer", None) is None and requested_engine() is None
 
 
 def hold_frozen(model: PreTrainedModel, bf16: bool) -> PreTrainedModel:
-    """Weights nobody trains (a LoRA base, a reference or reward model), in bf16 when the run computes in bf16."""
+    """Weights nobody trains (a LoRA base, a reward model), in bf16 when the run computes in bf16."""
     if bf16 and _applies(model):
         model.to(torch.bfloat16)
     return model
 
 
-def trainable_in_fp32(model: PreTrainedModel) -> PreTrainedModel:
-    """What is trained on a bf16 base (adapters, a copied score head) in fp32, with its updates and optimiser state."""
-    if _applies(model):
+def trainable_in_fp32(model: PreTrainedModel, bf16: bool) -> PreTrainedModel:
+    """What is trained on a base `hold_frozen` made bf16 (adapters, a copied score head) in fp32, with its updates
+    and optimiser state."""
+    if bf16 and _applies(model):
         for param in model.parameters():
             if param.requires_grad and param.dtype == torch.bfloat16:
                 param.data = param.data.float()

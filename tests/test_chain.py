@@ -18,7 +18,7 @@ def _finished(folder: Path, **values) -> Path:
     return folder
 
 
-def test_fingerprint_follows_arguments_recipe_text_and_input_metrics(tmp_path):
+def test_fingerprint_follows_arguments_recipe_text_named_files_and_input_metrics(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("learning_rate: 1.0e-3\n")
     upstream = _finished(tmp_path / "up", loss=1.0)
@@ -30,7 +30,14 @@ def test_fingerprint_follows_arguments_recipe_text_and_input_metrics(tmp_path):
     second = chain.fingerprint(step)
     assert second != first
     _finished(upstream, loss=0.9)  # the upstream stage ran again
-    assert chain.fingerprint(step) != second
+    third = chain.fingerprint(step)
+    assert third != second
+    template = tmp_path / "chat.jinja"  # a file the recipe names: its text counts, as the recipe's does
+    template.write_text("{{ messages }}")
+    recipe.write_text(f"learning_rate: 2.0e-3\nchat_template_path: {template}\n")
+    fourth = chain.fingerprint(step)
+    template.write_text("{{ messages[-1] }}")
+    assert chain.fingerprint(step) != fourth != third
 
 
 def test_a_step_is_current_only_with_its_record_and_unchanged_inputs(tmp_path):

@@ -62,7 +62,7 @@ def test_frozen_weights_go_bf16_and_trained_ones_stay_fp32():
     model = precision.hold_frozen(LlamaForSequenceClassification(config), bf16=True)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS")
-    model = precision.trainable_in_fp32(get_peft_model(model, lora))
+    model = precision.trainable_in_fp32(get_peft_model(model, lora), bf16=True)
     trained = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
     assert any(".score." in n for n in trained) and set(trained.values()) == {torch.float32}
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
@@ -126,12 +126,28 @@ def test_lora_ppo_in_bf16_starts_each_update_at_ratio_1_with_frozen_models_in_bf
     )
 
 
-def test_outside_a_trainer_auto_sets_bf16_alone(monkeypatch):
+def test_outside_a_trainer_auto_sets_bf16_alone_and_asks_the_cpu(monkeypatch):
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     values = {"bf16": "auto"}
     precision.resolve_auto(values, trainer=False)  # label, eval: no TrainingArguments, no use_cpu
     assert values == {"bf16": True}
+    # label and eval sample on the CPU: a GPU beside it does not decide
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: [])
+    values = {"bf16": "auto"}
+    precision.resolve_auto(values, trainer=False)
+    assert values == {"bf16": False}
+
+
+def test_auto_keeps_fp32_for_deepspeed_on_cpu_ranks(monkeypatch):
+    # transformers needs use_cpu for bf16 without a GPU, and accelerate skips DeepSpeed under use_cpu
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["amx_bf16"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    values = {"bf16": "auto"}
+    precision.resolve_auto(values, trainer=True)
+    assert values == {"bf16": False}
 
 
 @pytest.mark.slow
@@ -156,3 +172,22 @@ def test_eval_in_bf16_samples_with_bf16_weights_and_matches_fp32(runs, tmp_path,
     assert found["true"]["base"]["kl_to_reference"]["mean"] == pytest.approx(
         found["false"]["base"]["kl_to_reference"]["mean"], rel=0.1
     )
+
+
+@pytest.mark.slow
+def test_full_ppo_in_bf16_keeps_the_reference_like_the_policy_so_kl_starts_at_0(models, tmp_path, monkeypatch):
+    seen: dict[str, set] = {}
+    train = PPOTrainer.train
+
+    def inspect_then_train(self):
+        for name, model in (("policy", self.policy), ("reference", self.ref_policy), ("reward", self.reward_model)):
+            seen[name] = {p.dtype for p in model.parameters()}
+        return train(self)
+
+    monkeypatch.setattr(PPOTrainer, "train", inspect_then_train)
+    out = tmp_path / "ppo"
+    one_step = {"num_ppo_epochs": 1, "num_mini_batches": 1, "total_episodes": 16}
+    assert main(ppo_args(models, out, bf16="true", use_cpu="true", **one_step)) == 0
+    assert seen == {"policy": {torch.float32}, "reference": {torch.float32}, "reward": {torch.bfloat16}}
+    first = log(out)[0]
+    assert first["objective/kl"] == 0 and first["policy/approxkl"] < 1e-10

@@ -73,13 +73,14 @@ def load_models(args: PPOConfig, model_args: ModelConfig) -> PPOModels:
             "reference; merge the adapter first, or train the full policy (use_peft: false)"
         )
 
-    # Under bf16, frozen weights (the reference, the reward model, a LoRA base) are held in bf16 and trained
-    # ones in fp32 (pipeline.precision)
+    # Under bf16, frozen weights (the reward model, a LoRA base) are held in bf16 and trained ones in fp32
+    # (pipeline.precision). A full policy's reference stays in the policy's fp32: autocast casts only the
+    # matmuls, so a bf16 copy would differ from the policy before any update (KL > 0 at the start)
     policy = load_policy(args.sft_model_path, model_args, trust)
     policy = prepare_quantized(policy, model_args, args.activation_checkpointing)  # QLoRA: a 4-bit base
     reference = None
     if peft_config is None:
-        reference = hold_frozen(_frozen(load_policy(args.sft_model_path, model_args, trust)), args.bf16)
+        reference = _frozen(load_policy(args.sft_model_path, model_args, trust))
     else:
         policy = hold_frozen(policy, args.bf16)
         policy = get_peft_model(policy, dataclasses.replace(peft_config, task_type="CAUSAL_LM"))
@@ -88,13 +89,14 @@ def load_models(args: PPOConfig, model_args: ModelConfig) -> PPOModels:
     reward_model = hold_frozen(reward_model, args.bf16)
     shared = peft_config is not None and value_path == args.reward_model_path
     value_model = reward_model if shared else load_scorer(value_path, model_args, tokenizer.pad_token_id, trust)
+    lora_bf16 = peft_config is not None and args.bf16
     if peft_config is not None:
         value_model = hold_frozen(value_model, args.bf16)  # its base
         value_model = get_peft_model(value_model, dataclasses.replace(peft_config, task_type="SEQ_CLS"))
     return PPOModels(
         tokenizer=tokenizer,
-        policy=_without_dropout(trainable_in_fp32(policy)),
-        value_model=_without_dropout(trainable_in_fp32(value_model)),
+        policy=_without_dropout(trainable_in_fp32(policy, lora_bf16)),
+        value_model=_without_dropout(trainable_in_fp32(value_model, lora_bf16)),
         reference=reference,
         reward_model=None if shared else reward_model,
         reward_reader=load_reward_reader(args.reward_model_path, tokenizer, trust),

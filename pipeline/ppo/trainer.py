@@ -358,9 +358,9 @@ class PPOTrainer:
                 )
                 responses, mask = samples.responses, samples.mask
                 logprobs, entropy = samples.logprobs, samples.entropy
-                if args.bf16:
-                    # bf16 rounds the sampler's one-token passes differently from the learning pass's whole
-                    # sequence: the log-probs come from a pass like the latter, so each update starts at ratio 1
+                if self.accelerator.mixed_precision != "no":
+                    # bf16 and fp16 round the sampler's one-token passes differently from learning's pass over
+                    # the whole sequence: the log-probs come from a pass like the latter, so updates start at ratio 1
                     logprobs, entropy = response_logprobs(policy, q, qm, responses, mask, args.temperature)
                 reference, disabled = self.reference()
                 with disabled():

@@ -61,7 +61,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    trainable_in_fp32(trainer.model)  # the adapter and its score head
+    trainable_in_fp32(trainer.model, training_args.bf16 and model_args.use_peft)  # the adapter and its score head
     evaluate = (
         (
             lambda trained: evaluate_reward_model(

@@ -42,5 +42,5 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SF
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    trainable_in_fp32(trainer.model)
+    trainable_in_fp32(trainer.model, training_args.bf16 and model_args.use_peft)
     return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir)

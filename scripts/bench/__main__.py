@@ -223,7 +223,7 @@ def compare_precision(run: Runner, size: Size, args: argparse.Namespace, bench: 
         return {**spec, key: {**spec[key], **bf16}}
 
     def in_fp32(spec: dict) -> dict:  # whatever the recipe says
-        return {**spec, "overrides": {**spec["overrides"], "bf16": False}}
+        return {**spec, "overrides": {**spec["overrides"], "bf16": False, "use_cpu": True}}
 
     def measure(name: str, a: tuple[str, dict], b: tuple[str, dict], key: str, invert: bool = False) -> None:
         runs[name] = pairs(run, size.pairs, lambda _: (a, b))

@@ -153,13 +153,14 @@ def test_auto_keeps_fp32_for_deepspeed_on_cpu_ranks(monkeypatch):
 @pytest.mark.slow
 def test_eval_in_bf16_samples_with_bf16_weights_and_matches_fp32(runs, tmp_path, monkeypatch):
     dtypes = []
-    answer = eval_stage.answer
+    hold_frozen = eval_stage.hold_frozen
 
-    def recording(policy, *args, **kwargs):
-        dtypes.append(next(policy.parameters()).dtype)
-        return answer(policy, *args, **kwargs)
+    def recording(model, bf16):
+        model = hold_frozen(model, bf16)
+        dtypes.append(next(model.parameters()).dtype)
+        return model
 
-    monkeypatch.setattr(eval_stage, "answer", recording)
+    monkeypatch.setattr(eval_stage, "hold_frozen", recording)
     found = {}
     for bf16 in ("false", "true"):
         out = tmp_path / bf16

@@ -76,7 +76,7 @@ eval-rm: setup
 demo: setup
 	$(PYTHON) -m pipeline demo --chain $(CHAIN) $(if $(FORCE),--force)
 
-# The sandbox world on SmolLM2-135M-Instruct (recipes/smollm2-135m/chain.yaml) -> outputs/smollm2; ~40 min on 2 cores.
+# The sandbox world on SmolLM2-135M-Instruct (recipes/smollm2-135m/chain.yaml) -> outputs/smollm2; ~10 min on 2 cores.
 demo-smollm2: setup
 	$(PYTHON) -m pipeline demo --chain smollm2 $(if $(FORCE),--force)
 
@@ -115,7 +115,8 @@ gpu-check-engines: setup
 
 # Ours beside a bare TRL script (SFT, RM) and TRL 1.12.0's PPOTrainer (installed into outputs/bench/trl112, not the
 # venv), alternating fresh processes; -> outputs/bench/bench.{json,md}. 27-29 min on 2 cores after the demo chain
-# up to the RM; QUICK=1: one pair of each at smoke sizes, 2 min (scripts/bench). Run it with nothing else running.
+# up to the RM, and about 20 more for SmolLM2's fp32-vs-bf16 rows once it is imported; QUICK=1: one pair of each at
+# smoke sizes, 2 min (scripts/bench). Run it with nothing else running.
 bench: setup
 	$(PYTHON) -m pipeline demo --until rm
 	$(if $(QUICK),,$(PYTHON) -m pipeline import-gguf --output_dir outputs/smollm2/base)

@@ -4,10 +4,11 @@ A chain is data, `recipes/<world>/chain*.yaml`: its steps in order, each a recip
 step writes and reads comes from its recipe (`output_dir`, the `*_path` keys, its data cards' files)
 or its command's arguments, so each folder is named once.
 
-A stage's fingerprint hashes its command line, the recipe files it names and the `metrics.json` of
-every output it reads, so an edited recipe or a rerun upstream stage reruns it and everything after
-it. A finished stage records its fingerprint and wall time in `chain.json` beside its outputs; an
-interrupted stage resumes from its last checkpoint when the chain runs again.
+A stage's fingerprint hashes its command line, the recipe files it names (and the files those name)
+and the `metrics.json` of every output it reads, so an edited recipe, card or chat template or a
+rerun upstream stage reruns it and everything after it. A finished stage records its fingerprint and
+wall time in `chain.json` beside its outputs; an interrupted stage resumes from its last checkpoint
+when the chain runs again.
 """
 
 from __future__ import annotations

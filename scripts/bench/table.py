@@ -51,6 +51,32 @@ ROWS = (
         SMALLER,
     ),
     ("Rollout tokens/s", "rollout_ratio_vs_generate", "rollout", "tokens_per_second", "ours / generate", None),
+    # SmolLM2 in fp32 (ours) against bf16 (reference); the ratio is bf16's speedup
+    *(
+        (f"SmolLM2 {row}, fp32 / bf16", key, key, figure, "bf16 speedup", None)
+        for row, key, figure in (
+            ("LoRA SFT seconds per step", "smollm2_sft_bf16_speedup", "seconds_per_step"),
+            ("LoRA RM seconds per step", "smollm2_rm_bf16_speedup", "seconds_per_step"),
+            ("LoRA PPO episodes/s", "smollm2_ppo_bf16_speedup", "episodes_per_second"),
+            ("sampling tokens/s", "smollm2_sampling_bf16_speedup", "tokens_per_second"),
+        )
+    ),
+    (
+        "SmolLM2 LoRA PPO episodes/s, both in bf16",
+        "ppo_bf16_speedup_vs_trl112",
+        "ppo_bf16_speedup_vs_trl112",
+        "episodes_per_second",
+        OURS_TRL112,
+        None,
+    ),
+    (
+        "SmolLM2 rollout tokens/s in bf16",
+        "smollm2_rollout_bf16_ratio_vs_generate",
+        "smollm2_rollout_bf16_ratio_vs_generate",
+        "tokens_per_second",
+        "ours / generate",
+        None,
+    ),
 )
 PPO_MODES = (
     ("ppo", "sandbox", "full"),

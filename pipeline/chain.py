@@ -172,7 +172,8 @@ def fingerprint(step: Step) -> str:
     for arg in step.argv:
         if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
             digest.update(Path(arg).read_bytes())
-            named = [v for v in yaml.safe_load(Path(arg).read_text()).values() if isinstance(v, str)]
+            recipe = yaml.safe_load(Path(arg).read_text())  # not a mapping: the stage itself will say so
+            named = [v for v in recipe.values() if isinstance(v, str)] if isinstance(recipe, dict) else []
             for path in sorted({Path(v) for v in named if Path(v).is_file()}):
                 digest.update(path.read_bytes())
     for folder in step.inputs:

@@ -76,7 +76,7 @@ eval-rm: setup
 demo: setup
 	$(PYTHON) -m pipeline demo --chain $(CHAIN) $(if $(FORCE),--force)
 
-# The sandbox world on SmolLM2-135M-Instruct (recipes/smollm2-135m/chain.yaml) -> outputs/smollm2; ~10 min on 2 cores.
+# The sandbox world on SmolLM2-135M-Instruct (recipes/smollm2-135m/chain.yaml) -> outputs/smollm2; ~21 min on 2 cores.
 demo-smollm2: setup
 	$(PYTHON) -m pipeline demo --chain smollm2 $(if $(FORCE),--force)
 

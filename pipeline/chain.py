@@ -171,8 +171,9 @@ def fingerprint(step: Step) -> str:
     digest = hashlib.sha256(json.dumps(step.argv).encode())
     for arg in step.argv:
         if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
-            digest.update(Path(arg).read_bytes())
-            recipe = yaml.safe_load(Path(arg).read_text())  # not a mapping: the stage itself will say so
+            text = Path(arg).read_bytes()
+            digest.update(text)
+            recipe = yaml.safe_load(text)  # not a mapping: the stage itself will say so
             named = [v for v in recipe.values() if isinstance(v, str)] if isinstance(recipe, dict) else []
             for path in sorted({Path(v) for v in named if Path(v).is_file()}):
                 digest.update(path.read_bytes())

@@ -42,23 +42,28 @@ def fast_bf16(on_cpu: bool) -> tuple[bool, str]:
     return False, "this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated"
 
 
+def pick_bf16(on_cpu: bool, sharded_on_cpu: bool = False) -> bool:
+    """What `bf16: auto` means for a run on this machine's CPU or GPU, said in one log line."""
+    fast, why = fast_bf16(on_cpu)
+    if fast and sharded_on_cpu:
+        # transformers takes bf16 without a GPU only with use_cpu, and with use_cpu accelerate skips DeepSpeed
+        fast, why = False, "DeepSpeed on CPU ranks cannot take bf16 here"
+    logger.info("precision: %s (bf16: auto; %s)", "bf16" if fast else "fp32", why)
+    return fast
+
+
 def resolve_auto(values: dict, trainer: bool) -> None:
-    """Replace a recipe's `bf16: auto` by what `fast_bf16` picks, and say which in one line.
+    """Replace a recipe's `bf16: auto` by what `pick_bf16` picks.
 
     `trainer`: the values build TrainingArguments for a run on this machine's device; otherwise the
-    models stay on the CPU (label, eval), which decides.
+    models stay on the CPU (label), which decides.
     """
     if values.get("bf16") != "auto":
         return
     on_cpu = not trainer or bool(values.get("use_cpu")) or not torch.cuda.is_available()
-    fast, why = fast_bf16(on_cpu)
-    if fast and on_cpu and trainer and requested_engine() is not None:
-        # transformers takes bf16 without a GPU only with use_cpu, and with use_cpu accelerate skips DeepSpeed
-        fast, why = False, "DeepSpeed on CPU ranks cannot take bf16 here"
-    values["bf16"] = fast
-    if fast and on_cpu and trainer:
+    values["bf16"] = pick_bf16(on_cpu, sharded_on_cpu=trainer and on_cpu and requested_engine() is not None)
+    if values["bf16"] and on_cpu and trainer:
         values["use_cpu"] = True  # transformers takes bf16 without a GPU only when told the run is on the CPU
-    logger.info("precision: %s (bf16: auto; %s)", "bf16" if fast else "fp32", why)
 
 
 def _applies(model: PreTrainedModel) -> bool:

@@ -21,7 +21,7 @@ from pipeline.data import load_card
 from pipeline.errors import PipelineError
 from pipeline.evaluation import RULE, compare
 from pipeline.models import load_policy, load_scorer, load_tokenizer, require_reward_model, require_same_vocabulary
-from pipeline.precision import hold_frozen, resolve_auto
+from pipeline.precision import hold_frozen, pick_bf16
 from pipeline.reward import load_reward_reader
 from pipeline.sampling import plain, sampling_generator
 from pipeline.sandbox.evaluation import is_sandbox
@@ -66,10 +66,9 @@ def parse_policies(specs: list[str]) -> dict[str, str]:
 def command(policies: list[str], bf16: str, reference: str | None = None, **options: object) -> dict:
     """`python -m pipeline eval`: NAME=DIR policies, measured against `reference` (default: sft, when given)."""
     named = parse_policies(policies)
-    precision = {"bf16": {"true": True, "false": False}.get(bf16, bf16)}
-    resolve_auto(precision, trainer=False)
     reference = reference or ("sft" if "sft" in named else None)
-    return run(EvalConfig(policies=named, reference=reference, **precision, **options))
+    on_bf16 = pick_bf16(on_cpu=True) if bf16 == "auto" else bf16 == "true"  # eval samples on the CPU
+    return run(EvalConfig(policies=named, reference=reference, bf16=on_bf16, **options))
 
 
 def _prompts(config: EvalConfig) -> list[list[dict]]:

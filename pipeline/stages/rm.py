@@ -42,10 +42,9 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
         script_args, tokenizer, training_args.max_length, train_dataset, eval_dataset
     )
     set_seed(training_args.seed)
+    lora_bf16 = training_args.bf16 and model_args.use_peft  # a frozen base, held in bf16
     model = load_reward_model(model_args, tokenizer.pad_token_id, training_args.trust_remote_code)
-    if model_args.use_peft:  # a frozen base: bf16 under bf16
-        model = hold_frozen(model, training_args.bf16)
-    model = prepare_quantized(model, model_args, training_args.activation_checkpointing)
+    model = prepare_quantized(hold_frozen(model, lora_bf16), model_args, training_args.activation_checkpointing)
 
     # LoRA: a sequence-classification adapter, which trains and saves the score head with it
     peft_config = get_peft_config(model_args)
@@ -61,7 +60,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    trainable_in_fp32(trainer.model, training_args.bf16 and model_args.use_peft)  # the adapter and its score head
+    trainable_in_fp32(trainer.model, lora_bf16)  # the adapter and its score head
     evaluate = (
         (
             lambda trained: evaluate_reward_model(

@@ -28,9 +28,8 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SF
 
     # Model: full weights (fp32 masters under bf16), or a LoRA adapter on a frozen base (bf16 under bf16; 4-bit with
     # load_in_4bit)
-    model = load_causal_lm(model_args, training_args.trust_remote_code)
-    if model_args.use_peft:
-        model = hold_frozen(model, training_args.bf16)
+    lora_bf16 = training_args.bf16 and model_args.use_peft
+    model = hold_frozen(load_causal_lm(model_args, training_args.trust_remote_code), lora_bf16)
     model = prepare_quantized(model, model_args, training_args.activation_checkpointing)
 
     # Train, evaluate, save
@@ -42,5 +41,5 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SF
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    trainable_in_fp32(trainer.model, training_args.bf16 and model_args.use_peft)
+    trainable_in_fp32(trainer.model, lora_bf16)
     return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir)

@@ -298,12 +298,11 @@ def rollout_batch(spec: Spec) -> tuple[torch.nn.Module, Any, torch.Tensor, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.data import load_card
+    from pipeline.precision import hold_frozen
     from pipeline.sampling import encode_prompts, left_pad
 
     tokenizer = AutoTokenizer.from_pretrained(spec["sft"])
-    model = AutoModelForCausalLM.from_pretrained(spec["sft"]).eval()
-    if spec.get("bf16"):
-        model.to(torch.bfloat16)
+    model = hold_frozen(AutoModelForCausalLM.from_pretrained(spec["sft"]).eval(), spec.get("bf16", False))
     rows, _ = load_card(spec["prompts_card"], spec["prompts_split"], None, spec["rollout_batch"])
     queries, mask = left_pad(encode_prompts(tokenizer, list(rows["prompt"])), tokenizer.pad_token_id)
     return model, tokenizer, queries, mask

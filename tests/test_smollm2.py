@@ -5,6 +5,7 @@ a 49k vocabulary, long templated prompts), and a smoke chain SFT -> merge -> RM 
 --dry_run on recipes/smollm2-135m/ (LoRA, a few steps of short sequences: about 2 minutes here).
 """
 
+import copy
 import json
 
 import pytest
@@ -157,3 +158,16 @@ def test_real_model_chain_sft_merge_rm_ppo_and_a_dry_run_push(smollm2, tmp_path,
 def test_ppo_and_eval_score_the_ids_the_reward_model_trained_on_with_smollm2s_tokenizer(policy, tmp_path, monkeypatch):
     """ChatML's `<|im_end|>` then a newline: PPO and eval read the RM at that newline, where it trains."""
     check_one_sequence_per_answer(policy[1], tmp_path, monkeypatch)
+
+
+def test_the_demos_template_without_a_system_turn_is_read_where_the_rm_trains(policy, tmp_path, monkeypatch):
+    """The SmolLM2 demo's SFT recipe sets a template without the default system turn; every later stage reads the
+    SFT output's template, so the RM trains and PPO and eval read it on that template too."""
+    template = yaml.safe_load((RECIPES / "sft/config_demo.yaml").read_text())["chat_template_path"]
+    tokenizer = copy.deepcopy(policy[1])
+    tokenizer.chat_template = (ROOT / template).read_text()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Add 2 and 3."}], tokenize=False)
+    assert "system" not in prompt and "system" in policy[1].apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False
+    )
+    check_one_sequence_per_answer(tokenizer, tmp_path, monkeypatch)

@@ -21,16 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "sandbox"
 
 
-def assert_resumed_as_uninterrupted(resumed: Path, uninterrupted: Path) -> None:
+def assert_resumed_as_uninterrupted(resumed: Path, uninterrupted: Path, weights: str = "model.safetensors") -> None:
     """A 4-update PPO run resumed from checkpoint-2 logs the steps and ends with the weights of one never stopped."""
     steps, reference = log(resumed), log(uninterrupted)
     assert [s["step"] for s in steps] == [1, 2, 3, 4]
     for a, b in zip(reference[2:], steps[2:], strict=True):
         for key in a.keys() - {"seconds"}:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
-    weights = load_file(resumed / "model.safetensors")
-    for name, tensor in load_file(uninterrupted / "model.safetensors").items():
-        torch.testing.assert_close(weights[name], tensor)
+    got = load_file(resumed / weights)
+    for name, tensor in load_file(uninterrupted / weights).items():
+        torch.testing.assert_close(got[name], tensor)
 
 
 def stage_args(stage: str, recipe: Path, **overrides: object) -> list[str]:

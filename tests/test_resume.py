@@ -23,6 +23,8 @@ from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, metrics
 
 pytestmark = pytest.mark.slow  # kill points: every stage killed and resumed
 
+# bf16 as on a CPU that computes it: frozen weights in bf16, adapters and optimiser state in fp32
+LORA_BF16 = {"bf16": "true", "use_cpu": "true", "use_peft": "true", "lora_r": 8, "lora_alpha": 16}
 TIMINGS = ("train_runtime", "label_seconds", "eval_seconds", "seconds")
 
 
@@ -43,15 +45,15 @@ def flat(values: dict, prefix: str = "") -> dict:
     return rows
 
 
-def assert_same_outputs(resumed: Path, uninterrupted: Path) -> None:
+def assert_same_outputs(resumed: Path, uninterrupted: Path, weights: str = "model.safetensors") -> None:
     """Equal metrics (timings aside; floats to 1e-6, the order of a loss sum may change) and equal weights."""
     got, want = flat(metrics(resumed)), flat(metrics(uninterrupted))
     assert got.keys() == want.keys()
     for key, value in want.items():
         assert got[key] == (pytest.approx(value, rel=1e-6, abs=1e-9) if isinstance(value, float) else value), key
-    weights = load_file(resumed / "model.safetensors")
-    for name, tensor in load_file(uninterrupted / "model.safetensors").items():
-        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0)
+    got = load_file(resumed / weights)
+    for name, tensor in load_file(uninterrupted / weights).items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0)
 
 
 def resume(args: list[str], caplog) -> str:
@@ -86,6 +88,14 @@ def test_sft_resumes_to_the_uninterrupted_model(runs, tmp_path, caplog):
     assert not out.with_name("sft.partial").exists()
 
 
+def test_lora_sft_in_bf16_resumes_to_the_uninterrupted_model(runs, tmp_path, caplog):
+    recipe, bf16 = SMOKE / "sft/config_smoke.yaml", {**LORA_BF16, "model_name_or_path": runs / "base"}
+    uninterrupted, out = tmp_path / "uninterrupted", tmp_path / "resumed"
+    assert main(stage_args("sft", recipe, output_dir=uninterrupted, **bf16)) == 0
+    kill_twice_and_finish(stage_args("sft", recipe, output_dir=out, **bf16), 30, 50, caplog)
+    assert_same_outputs(out, uninterrupted, weights="adapter_model.safetensors")
+
+
 def test_rm_resumes_to_the_uninterrupted_model(models, tmp_path, caplog):
     out = tmp_path / "rm"
     args = stage_args("rm", SMOKE / "rm/config_smoke.yaml", model_name_or_path=models[0], output_dir=out)
@@ -111,6 +121,14 @@ def test_ppo_resumes_to_the_uninterrupted_run(models, full_run, tmp_path, caplog
     assert "tmp-checkpoint-3: a checkpoint whose writing was interrupted" in text
     assert "resumed from" in text and "checkpoint-2 (step 2 of 4)" in text
     assert_resumed_as_uninterrupted(out, full_run)
+
+
+def test_lora_ppo_in_bf16_resumes_to_the_uninterrupted_run(models, tmp_path, caplog):
+    bf16 = {**LORA_BF16, "save_steps": 1}
+    uninterrupted, out = tmp_path / "uninterrupted", tmp_path / "resumed"
+    assert main(ppo_args(models, uninterrupted, **bf16)) == 0
+    kill_twice_and_finish(ppo_args(models, out, **bf16), 2, 3, caplog)
+    assert_resumed_as_uninterrupted(out, uninterrupted, weights="adapter_model.safetensors")
 
 
 def test_label_killed_before_its_output_is_complete_starts_again(runs, tmp_path, caplog):

@@ -10,7 +10,9 @@ from transformers import AutoModelForSequenceClassification
 from pipeline.cli import main
 from pipeline.errors import PipelineError
 from pipeline.sandbox import gold_components, parse_prompt, strip_filler
+from pipeline.sandbox.judge import FILLER_PREFIXES
 from pipeline.stages.eval import parse_policies
+from scripts import filler_probe
 from tests.conftest import metrics
 
 
@@ -60,6 +62,16 @@ def test_eval_compares_policies_against_the_reference_and_the_rule(runs, tmp_pat
     assert all(0 <= p["kl"] <= p["kl_bound"] + 1e-9 for p in frontier)
     report = (out / "eval.md").read_text()
     assert "| policy | gold (greedy) | gold (sampled) |" in report and "## Best-of-n" in report
+
+
+def test_the_filler_probe_answers_without_the_filler_openings(runs):
+    prompts = ["Add 40 and 5.", "Reverse the word tree.", "Write clock in capital letters.", "Add 7 and 12."]
+    found = filler_probe.probe(runs / "sft", prompts)
+    assert len(found["answers"]) == found["prompts"] == 4 and found["banned"]
+    for row in found["answers"]:
+        assert not row["banned"].startswith(tuple(prefix.strip() for prefix in FILLER_PREFIXES)), row
+    cut, greedy = found["filler cut afterwards (the rule baseline)"], found["greedy"]
+    assert cut["correctness"] == greedy["correctness"] and cut["style"] >= greedy["style"]
 
 
 def test_eval_refuses_sampling_at_temperature_zero(runs, tmp_path, capsys):

@@ -2,7 +2,8 @@
 the filler cut afterwards (the rule baseline), and made with the filler's opening tokens banned.
 
 PPO on SmolLM2 learns to drop the filler; this measures what the policy's answers are worth without it
-(docs/results.md, precision). The prompts are those of an eval run's samples.jsonl.
+(docs/results.md, precision). The prompts are those of an eval run's samples.jsonl. It samples with
+transformers' `generate` (the eval uses our sampler: the same greedy answers up to rounding).
     .venv/bin/python -m scripts.filler_probe outputs/smollm2/sft_merged outputs/smollm2/eval/samples.jsonl
 """
 
@@ -13,32 +14,51 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline import precision
 from pipeline.sandbox import gold_components, strip_filler
 from pipeline.sandbox.judge import FILLER_PREFIXES
 
+MAX_NEW_TOKENS = 24  # as the SmolLM2 chain's eval
 
-def greedy_answers(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], banned: list[int]) -> list[str]:
-    """One greedy answer of at most 24 tokens per prompt, never using a `banned` token."""
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+def chat(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def filler_openings(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """The token each filler prefix opens an answer with, tokenized where it stands: after the chat's turn."""
+    turn = chat(tokenizer, prompt)
+    start = len(tokenizer.encode(turn, add_special_tokens=False))
+    return sorted({tokenizer.encode(turn + prefix, add_special_tokens=False)[start] for prefix in FILLER_PREFIXES})
+
+
+def greedy_answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], banned: list[int]
+) -> tuple[list[str], list[list[int]]]:
+    """One greedy answer per prompt, up to EOS, that uses no `banned` token anywhere; its text and token ids."""
+    batch = tokenizer(
+        [chat(tokenizer, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False
+    )
     with torch.no_grad():
         output = model.generate(
             **batch,
-            max_new_tokens=24,
+            max_new_tokens=MAX_NEW_TOKENS,
             do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             bad_words_ids=[[token] for token in banned] or None,
         )
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in output[:, batch.input_ids.shape[1] :]]
+    new = output[:, batch.input_ids.shape[1] :].tolist()
+    ids = [[t for t in row if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)] for row in new]
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids], ids
 
 
 def means(prompts: list[str], answers: list[str]) -> dict[str, float]:
+    """The judge's gold, correctness and style, averaged over prompts."""
     parts = [gold_components(p, a) for p, a in zip(prompts, answers, strict=True)]
     return {key: round(sum(part[key] for part in parts) / len(parts), 3) for key in ("gold", "correctness", "style")}
 
@@ -47,16 +67,20 @@ def probe(policy: str | Path, prompts: list[str]) -> dict:
     """Gold, correctness and style of `policy`'s greedy answers: as made, with the filler cut, with it banned."""
     tokenizer = AutoTokenizer.from_pretrained(policy, padding_side="left")
     model = precision.hold_frozen(AutoModelForCausalLM.from_pretrained(policy), precision.pick_bf16(on_cpu=True))
-    openings = sorted({tokenizer.encode(prefix, add_special_tokens=False)[0] for prefix in FILLER_PREFIXES})
-    plain = greedy_answers(model.eval(), tokenizer, prompts, [])
-    banned = greedy_answers(model, tokenizer, prompts, openings)
+    banned = filler_openings(tokenizer, prompts[0])
+    plain, _ = greedy_answers(model.eval(), tokenizer, prompts, [])
+    without, without_ids = greedy_answers(model, tokenizer, prompts, banned)
     return {
         "prompts": len(prompts),
-        "banned": [tokenizer.decode([token]) for token in openings],
+        "banned": [tokenizer.decode([token]) for token in banned],
+        "banned_ids": banned,
         "greedy": means(prompts, plain),
         "filler cut afterwards (the rule baseline)": means(prompts, [strip_filler(a) for a in plain]),
-        "filler openings banned": means(prompts, banned),
-        "answers": [{"prompt": p, "greedy": a, "banned": b} for p, a, b in zip(prompts, plain, banned, strict=True)],
+        "filler openings banned": means(prompts, without),
+        "answers": [
+            {"prompt": p, "greedy": a, "banned": b, "banned_ids": ids}
+            for p, a, b, ids in zip(prompts, plain, without, without_ids, strict=True)
+        ],
     }
 
 
@@ -67,7 +91,17 @@ def main() -> None:
     args = parser.parse_args()
     prompts = [json.loads(line)["prompt"] for line in args.samples.read_text().splitlines()]
     result = probe(args.policy, prompts)
-    print(json.dumps({key: value for key, value in result.items() if key != "answers"}, indent=1))
+    changed = [
+        {
+            "prompt": row["prompt"],
+            "greedy": row["greedy"],
+            "banned": row["banned"],
+            "correctness": [gold_components(row["prompt"], row[key])["correctness"] for key in ("greedy", "banned")],
+        }
+        for row in result.pop("answers")
+        if strip_filler(row["greedy"]) != row["banned"]
+    ]
+    print(json.dumps({**result, "answers that differ from the cut ones": changed}, indent=1))
 
 
 if __name__ == "__main__":

@@ -65,11 +65,13 @@ def test_eval_compares_policies_against_the_reference_and_the_rule(runs, tmp_pat
 
 
 def test_the_filler_probe_answers_without_the_filler_openings(runs):
-    prompts = ["Add 40 and 5.", "Reverse the word tree.", "Write clock in capital letters.", "Add 7 and 12."]
+    # the chatty families (add, uppercase, even), where greedy SFT answers open with filler
+    prompts = ["Add 40 and 5.", "Write clock in capital letters.", "Add 7 and 12.", "Write tree in capital letters."]
     found = filler_probe.probe(runs / "sft", prompts)
-    assert len(found["answers"]) == found["prompts"] == 4 and found["banned"]
+    openers = tuple(prefix.split()[0].strip("!,") for prefix in FILLER_PREFIXES)  # Sure, Of, Here, Great
+    assert any(row["greedy"].startswith(openers) for row in found["answers"]), found["answers"]
     for row in found["answers"]:
-        assert not row["banned"].startswith(tuple(prefix.strip() for prefix in FILLER_PREFIXES)), row
+        assert not set(row["banned_ids"]) & set(found["banned_ids"]) and not row["banned"].startswith(openers), row
     cut, greedy = found["filler cut afterwards (the rule baseline)"], found["greedy"]
     assert cut["correctness"] == greedy["correctness"] and cut["style"] >= greedy["style"]
 

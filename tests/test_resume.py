@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from pipeline import chain
@@ -92,8 +93,10 @@ def test_lora_sft_in_bf16_resumes_to_the_uninterrupted_model(runs, tmp_path, cap
     recipe, bf16 = SMOKE / "sft/config_smoke.yaml", {**LORA_BF16, "model_name_or_path": runs / "base"}
     uninterrupted, out = tmp_path / "uninterrupted", tmp_path / "resumed"
     assert main(stage_args("sft", recipe, output_dir=uninterrupted, **bf16)) == 0
-    kill_twice_and_finish(stage_args("sft", recipe, output_dir=out, **bf16), 30, 50, caplog)
+    text = kill_twice_and_finish(stage_args("sft", recipe, output_dir=out, **bf16), 30, 50, caplog)
+    assert "resuming from the last checkpoint" in text
     assert_same_outputs(out, uninterrupted, weights="adapter_model.safetensors")
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["bf16"] is True
 
 
 def test_rm_resumes_to_the_uninterrupted_model(models, tmp_path, caplog):
@@ -127,8 +130,10 @@ def test_lora_ppo_in_bf16_resumes_to_the_uninterrupted_run(models, tmp_path, cap
     bf16 = {**LORA_BF16, "save_steps": 1}
     uninterrupted, out = tmp_path / "uninterrupted", tmp_path / "resumed"
     assert main(ppo_args(models, uninterrupted, **bf16)) == 0
-    kill_twice_and_finish(ppo_args(models, out, **bf16), 2, 3, caplog)
+    text = kill_twice_and_finish(ppo_args(models, out, **bf16), 2, 3, caplog)
+    assert "resumed from" in text and "checkpoint-2 (step 2 of 4)" in text
     assert_resumed_as_uninterrupted(out, uninterrupted, weights="adapter_model.safetensors")
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["bf16"] is True
 
 
 def test_label_killed_before_its_output_is_complete_starts_again(runs, tmp_path, caplog):

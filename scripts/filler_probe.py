@@ -2,8 +2,9 @@
 the filler cut afterwards (the rule baseline), and made with the filler's opening tokens banned.
 
 PPO on SmolLM2 learns to drop the filler; this measures what the policy's answers are worth without it
-(docs/results.md, precision). The prompts are those of an eval run's samples.jsonl. It samples with
-transformers' `generate` (the eval uses our sampler: the same greedy answers up to rounding).
+(docs/results.md, precision). The prompts are those of an eval run's samples.jsonl, encoded as the eval
+encodes them; it samples with transformers' `generate` (the eval uses our sampler: the same greedy
+answers up to rounding).
     .venv/bin/python -m scripts.filler_probe outputs/smollm2/sft_merged outputs/smollm2/eval/samples.jsonl
 """
 
@@ -17,22 +18,21 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline import precision
+from pipeline.sampling import encode_prompts, left_pad
 from pipeline.sandbox import gold_components, strip_filler
 from pipeline.sandbox.judge import FILLER_PREFIXES
 
 MAX_NEW_TOKENS = 24  # as the SmolLM2 chain's eval
 
 
-def chat(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
+def conversations(prompts: list[str]) -> list[list[dict]]:
+    return [[{"role": "user", "content": prompt}] for prompt in prompts]
 
 
 def filler_openings(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """The token each filler prefix opens an answer with, tokenized where it stands: after the chat's turn."""
-    turn = chat(tokenizer, prompt)
-    start = len(tokenizer.encode(turn, add_special_tokens=False))
+    turn = tokenizer.apply_chat_template(conversations([prompt])[0], add_generation_prompt=True, tokenize=False)
+    start = len(encode_prompts(tokenizer, conversations([prompt]))[0])
     return sorted({tokenizer.encode(turn + prefix, add_special_tokens=False)[start] for prefix in FILLER_PREFIXES})
 
 
@@ -40,19 +40,18 @@ def greedy_answers(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], banned: list[int]
 ) -> tuple[list[str], list[list[int]]]:
     """One greedy answer per prompt, up to EOS, that uses no `banned` token anywhere; its text and token ids."""
-    batch = tokenizer(
-        [chat(tokenizer, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False
-    )
+    queries, mask = left_pad(encode_prompts(tokenizer, conversations(prompts)), tokenizer.pad_token_id)
     with torch.no_grad():
         output = model.generate(
-            **batch,
+            input_ids=queries,
+            attention_mask=mask,
             max_new_tokens=MAX_NEW_TOKENS,
             do_sample=False,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             bad_words_ids=[[token] for token in banned] or None,
         )
-    new = output[:, batch.input_ids.shape[1] :].tolist()
+    new = output[:, queries.shape[1] :].tolist()
     ids = [[t for t in row if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)] for row in new]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids], ids
 
@@ -65,7 +64,7 @@ def means(prompts: list[str], answers: list[str]) -> dict[str, float]:
 
 def probe(policy: str | Path, prompts: list[str]) -> dict:
     """Gold, correctness and style of `policy`'s greedy answers: as made, with the filler cut, with it banned."""
-    tokenizer = AutoTokenizer.from_pretrained(policy, padding_side="left")
+    tokenizer = AutoTokenizer.from_pretrained(policy)
     model = precision.hold_frozen(AutoModelForCausalLM.from_pretrained(policy), precision.pick_bf16(on_cpu=True))
     banned = filler_openings(tokenizer, prompts[0])
     plain, _ = greedy_answers(model.eval(), tokenizer, prompts, [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import accelerate
 import torch
@@ -185,6 +185,15 @@ def root_gathered(model: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         model.reshard()
+
+
+def gathered_for_edit(params: list[torch.nn.Parameter]) -> AbstractContextManager:
+    """Whole parameters to edit in place: ZeRO-3 loading (`zero.Init`) leaves each rank a part of them."""
+    if not any(hasattr(p, "ds_numel") for p in params):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
 def weights_are_sharded(accelerator: Accelerator) -> bool:

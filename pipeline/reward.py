@@ -28,7 +28,8 @@ class GroupedBatchSampler(Sampler[list[int]]):
     """Batches of whole groups (all pairs of one ranked list), at most `batch_size` pairs unless one group is larger.
 
     Groups are packed into batches once (first fit, largest first), so the number of batches is fixed;
-    the order of the batches is shuffled on every pass.
+    the order of the batches is shuffled on every pass, seeded by the epoch (`set_epoch`, as the Trainer
+    calls it), so a run resumed in any epoch draws that epoch's order.
     """
 
     def __init__(self, groups: list[int], batch_size: int, seed: int) -> None:
@@ -42,11 +43,15 @@ class GroupedBatchSampler(Sampler[list[int]]):
                 self.batches.append(list(group))
             else:
                 home.extend(group)
-        self.seed, self.passes = seed, 0
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.passes)
-        self.passes += 1
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        # A pass without `set_epoch` before it (a plain loop over the sampler) still draws a new order
+        self.epoch += 1
         for i in torch.randperm(len(self.batches), generator=generator).tolist():
             yield self.batches[i]
 
@@ -108,12 +113,20 @@ class GroupedRewardTrainer(RewardTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         return super().compute_loss(_OncePerSequence(model), inputs, return_outputs, num_items_in_batch)
 
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        # The Trainer's own `set_epoch` does not reach a batch sampler wrapped twice (a resumed run's skipped
+        # batches of a multi-process loader), so the grouped sampler hears the epoch here, always
+        sampler = getattr(self, "_grouped_sampler", None)
+        if sampler is not None:
+            sampler.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
+
     def get_train_dataloader(self) -> DataLoader:
         if "group" not in self.train_dataset.column_names:
             return super().get_train_dataloader()
         groups = self.train_dataset["group"]
         dataset = self._remove_unused_columns(self.train_dataset, description="training")
-        sampler = GroupedBatchSampler(groups, self._train_batch_size, self.args.seed)
+        sampler = self._grouped_sampler = GroupedBatchSampler(groups, self._train_batch_size, self.args.seed)
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,

@@ -39,6 +39,13 @@ def _score_head(model: torch.nn.Module) -> torch.nn.Module:
     raise ValueError(f"{type(model).__name__} has no `score` head: a scorer is a sequence classifier")
 
 
+def trained_score_head(model: torch.nn.Module) -> torch.nn.Linear:
+    """The head an optimiser trains: the scorer's own, or with a PEFT adapter the adapter's copy of it."""
+    head = _score_head(model)
+    copies = getattr(head, "modules_to_save", None)  # PEFT's ModulesToSaveWrapper
+    return head if copies is None else copies[head.active_adapters[0]]
+
+
 def token_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The scorer's head at every position, (batch, length) in fp32: the value of each state."""
     captured: list[torch.Tensor] = []

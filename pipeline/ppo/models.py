@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, get_peft_config
 
 from pipeline.configs import PPOConfig
+from pipeline.distributed import gathered_for_edit
 from pipeline.errors import PipelineError
 from pipeline.models import (
     is_adapter,
@@ -51,7 +52,36 @@ def _without_dropout(model: PreTrainedModel) -> PreTrainedModel:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        # Attention dropout is applied functionally in training mode, at a rate each attention module copied
+        # from the config (Llama, Qwen2, Mistral: `attention_dropout`)
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    if isinstance(getattr(model.config, "attention_dropout", None), float):
+        model.config.attention_dropout = 0.0
     return model
+
+
+def critic_from_reward_model(args: PPOConfig) -> bool:
+    """Whether the value model starts as the reward model and PPO rewards it in normalised units."""
+    from_rm = args.value_model_path in (None, args.reward_model_path)
+    return from_rm and args.normalize_reward and not args.gold_reward_scale
+
+
+def with_bias(head: torch.nn.Linear) -> torch.nn.Linear:
+    """The head with a trainable bias (a zero one where it had none, as Llama's `score`): the critic's offset."""
+    if head.bias is None:
+        weight = head.weight
+        head.bias = torch.nn.Parameter(torch.zeros(head.out_features, dtype=weight.dtype, device=weight.device))
+    return head
+
+
+@torch.no_grad()
+def normalise_score_head(head: torch.nn.Linear, mean: float, std: float) -> None:
+    """Rescale a scorer's head in place so that it predicts `(score - mean) / std`, the units of the normalised
+    reward: a value model copied from the reward model then starts as that reward's estimate, not std times it."""
+    with gathered_for_edit(list(head.parameters())):
+        head.weight.div_(std)
+        head.bias.sub_(mean).div_(std)
 
 
 def load_models(args: PPOConfig, model_args: ModelConfig) -> PPOModels:

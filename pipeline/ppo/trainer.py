@@ -46,6 +46,7 @@ from pipeline.ppo.core import (
     value_loss,
 )
 from pipeline.ppo.kl import AdaptiveKLController, FixedKLController
+from pipeline.ppo.models import critic_from_reward_model, normalise_score_head, with_bias
 from pipeline.reward import RewardReader, response_rewards, spearman
 from pipeline.sampling import (
     Called,
@@ -57,7 +58,7 @@ from pipeline.sampling import (
     sample,
     sampling_generator,
 )
-from pipeline.scoring import response_values
+from pipeline.scoring import response_values, trained_score_head
 
 logger = logging.getLogger(__name__)
 # (prompts, responses, finished) -> gold scores: the sandbox judge, logged along the run when given.
@@ -172,6 +173,13 @@ class PPOTrainer:
                 f"PPOConfig counted {args.world_size} processes and the Accelerator has {accelerator.num_processes}"
             )
         optimizer_steps = args.num_updates * args.num_ppo_epochs * args.num_mini_batches
+
+        # The critic in the reward's units: copied from the reward model, its head is rescaled to predict the
+        # normalised score PPO rewards (with statistics from the first rollout: once that has run)
+        if critic_from_reward_model(args):
+            head = with_bias(trained_score_head(value_model))
+            if reward_stats is not None:
+                normalise_score_head(head, *reward_stats)
 
         # One module and one optimiser (parameter groups each) for the two trained models: under
         # DeepSpeed an Accelerator prepares a single model
@@ -400,9 +408,27 @@ class PPOTrainer:
             return self.args.gold_reward_scale * gold
         if not self.args.normalize_reward:
             return rm_scores
-        if self.reward_stats is None:
-            self.reward_stats = self._first_rollout_stats(rm_scores)
         return (rm_scores - self.reward_stats[0]) / self.reward_stats[1]
+
+    def _normalise_critic(self, values: torch.Tensor) -> torch.Tensor:
+        """Once the first rollout gave the reward statistics: the value head rescaled to them in place, and this
+        rollout's values with it."""
+        if not critic_from_reward_model(self.args):
+            return values
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # Its optimiser holds master copies of the weights that an edit of the module's would not reach
+            if self.accelerator.is_main_process:
+                logger.warning(
+                    "normalize_reward: under DeepSpeed the value model keeps the reward model's raw units (its "
+                    "statistics came from the first rollout); a reward_mean/reward_std in %s's %s starts it in "
+                    "the normalised ones",
+                    self.args.reward_model_path,
+                    outputs.METRICS_FILE,
+                )
+            return values
+        mean, std = self.reward_stats
+        normalise_score_head(trained_score_head(self.value_model), mean, std)
+        return (values - mean) / std
 
     def _first_rollout_stats(self, rm_scores: torch.Tensor) -> tuple[float, float]:
         """The mean and std of the first rollout's RM scores over every rank: the statistics of a reward model
@@ -438,6 +464,9 @@ class PPOTrainer:
         has_stop = torch.tensor(finished, device=device)
         prompts = [self.prompts[i] for i in indices]
         batch["scores"] = self.rm_scores(prompts, texts)
+        if args.normalize_reward and not args.gold_reward_scale and self.reward_stats is None:
+            self.reward_stats = self._first_rollout_stats(batch["scores"])
+            batch["values"] = self._normalise_critic(batch["values"])
         gold = None
         if self.gold_fn is not None:
             gold = torch.tensor(self.gold_fn(prompts, texts, finished), device=device)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from pipeline import chain
 from pipeline.cli import main
-from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, metrics, ppo_args, stage_args
+from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, log, metrics, ppo_args, stage_args
 
 pytestmark = pytest.mark.slow  # kill points: every stage killed and resumed
 
@@ -104,6 +104,26 @@ def test_rm_resumes_to_the_uninterrupted_model(models, tmp_path, caplog):
     args = stage_args("rm", SMOKE / "rm/config_smoke.yaml", model_name_or_path=models[0], output_dir=out)
     kill_twice_and_finish(args, 20, 30, caplog)
     assert_same_outputs(out, models[1])
+
+
+def test_rm_killed_in_its_second_epoch_resumes_to_the_uninterrupted_model(models, tmp_path, caplog):
+    """Each epoch draws its own batch order: a run resumed in epoch 2 must draw epoch 2's, not epoch 1's."""
+    recipe, common = SMOKE / "rm/config_smoke.yaml", {"model_name_or_path": models[0], "max_train_samples": 40}
+    uninterrupted, out = tmp_path / "uninterrupted", tmp_path / "resumed"
+    assert main(stage_args("rm", recipe, output_dir=uninterrupted, **common)) == 0
+    # 40 ranked lists pack into 9 batches of whole lists: checkpoint-15 is in epoch 2 of 3+
+    epochs = {row["step"]: row["epoch"] for row in log(uninterrupted) if "loss" in row}
+    steps_per_epoch = 20 / epochs[20]
+    assert 1 < 15 / steps_per_epoch < 2 < 30 / steps_per_epoch
+    # killed in step 18 (after checkpoint-15), then while checkpoint-30 is written
+    kill_twice_and_finish(stage_args("rm", recipe, output_dir=out, **common), 17, 30, caplog)
+    assert_same_outputs(out, uninterrupted)
+    steps, reference = ([row for row in log(run) if "loss" in row] for run in (out, uninterrupted))
+    assert [row["step"] for row in steps] == [row["step"] for row in reference]
+    for got, want in zip(steps, reference, strict=True):
+        # TRL's RewardTrainer counts num_tokens in memory: a resumed process counts from its own start
+        del got["num_tokens"], want["num_tokens"]
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), got["step"]
 
 
 @pytest.mark.parametrize("stage", ["rloo", "grpo"])

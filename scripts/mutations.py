@@ -1,0 +1,149 @@
+"""Break one thing the learning tests guard, in a copy of the tree, and check that its test fails.
+
+`python -m scripts.mutations [NAME ...]` copies the working tree (what git tracks and has not been told to
+ignore) into a temporary folder once per mutation, makes the one edit, runs the tests named for it
+there, and prints a table: a mutation the tests still pass is a hole in the suite. The working tree is
+never edited. Each row takes 1-5 minutes on 2 cores (the smoke models are trained in each copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LEARNING = "tests/test_ppo_learning.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: str  # a pytest node id or `-k` expression under the file
+
+
+MUTATIONS = [
+    Mutation(
+        "advantages negated",
+        "pipeline/ppo/trainer.py",
+        "logprobs, part.logprobs, part.advantages, part.mask, args.cliprange",
+        "logprobs, part.logprobs, -part.advantages, part.mask, args.cliprange",
+        f"{LEARNING}::test_ppo_raises_the_reward_it_is_given",
+    ),
+    Mutation(
+        "old log-probs replaced by the new ones (ratio 1)",
+        "pipeline/ppo/trainer.py",
+        "logprobs, part.logprobs, part.advantages, part.mask, args.cliprange",
+        "logprobs, logprobs.detach(), part.advantages, part.mask, args.cliprange",
+        f"{LEARNING}::test_the_ratio_compares_the_learning_policy_with_the_rollouts",
+    ),
+    Mutation(
+        "value loss multiplied by 0",
+        "pipeline/ppo/trainer.py",
+        "pg_loss + args.vf_coef * vf_loss",
+        "pg_loss + 0 * vf_loss",
+        f"{LEARNING}::test_the_critic_learns_the_returns",
+    ),
+    Mutation(
+        "ptx loss multiplied by 0",
+        "pipeline/ppo/trainer.py",
+        "loss = loss + args.ptx_coef * ptx_loss",
+        "loss = loss + 0 * ptx_loss",
+        f"{LEARNING}::test_ptx_pulls_the_policy_towards_the_pretraining_text",
+    ),
+    Mutation(
+        "LoRA reward read with the value adapter on",
+        "pipeline/ppo/trainer.py",
+        "return value_model, value_model.disable_adapter",
+        "return plain(value_model)",
+        f"{LEARNING}::test_with_lora_the_reward_stays_the_frozen_rm_while_the_value_adapter_learns",
+    ),
+    Mutation(
+        "critic head left in the reward model's units",
+        "pipeline/ppo/models.py",
+        "        head.weight.div_(std)\n        head.bias.sub_(mean).div_(std)",
+        "        pass",
+        f"{LEARNING}::test_the_critic_starts_as_the_normalised_reward",
+    ),
+    Mutation(
+        "attention dropout left on",
+        "pipeline/ppo/models.py",
+        "            module.attention_dropout = 0.0",
+        "            pass",
+        "tests/test_ppo_models.py::test_attention_dropout_from_the_config_is_switched_off",
+    ),
+    Mutation(
+        "RM batches ordered by the pass, not the epoch (set_epoch ignored)",
+        "pipeline/reward.py",
+        "    def set_epoch(self, epoch: int) -> None:\n        self.epoch = epoch",
+        "    def set_epoch(self, epoch: int) -> None:\n        pass",
+        "tests/test_resume.py::test_rm_killed_in_its_second_epoch_resumes_to_the_uninterrupted_model",
+    ),
+]
+
+
+def copy_tree(destination: Path) -> None:
+    """The files git tracks or would track (untracked, not ignored), without the ignored ones (.venv, outputs)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    (destination / ".venv").symlink_to(ROOT / ".venv")
+
+
+def run(mutation: Mutation) -> tuple[str, float]:
+    """'caught' when the mutated tree fails the named tests, 'MISSED' when it passes them."""
+    with tempfile.TemporaryDirectory(prefix="mutation-") as folder:
+        tree = Path(folder)
+        copy_tree(tree)
+        target = tree / mutation.file
+        text = target.read_text()
+        if text.count(mutation.old) != 1:
+            raise SystemExit(f"error: {mutation.file} does not hold the text of '{mutation.name}' exactly once")
+        target.write_text(text.replace(mutation.old, mutation.new))
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", mutation.tests],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.monotonic() - started
+    if result.returncode not in (0, 1):
+        tail = result.stdout[-2000:] + result.stderr[-2000:]
+        raise SystemExit(f"error: pytest could not run {mutation.tests} (exit {result.returncode}):\n{tail}")
+    return ("caught" if result.returncode == 1 else "MISSED"), seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="mutations to run (default: all); a word of the name is enough")
+    names = parser.parse_args().names
+    chosen = [m for m in MUTATIONS if not names or any(name in m.name for name in names)]
+    print("| mutation | test | result | seconds |\n|---|---|---|---|")
+    missed = 0
+    for mutation in chosen:
+        outcome, seconds = run(mutation)
+        missed += outcome == "MISSED"
+        print(f"| {mutation.name} | `{mutation.tests.rsplit('::', 1)[-1]}` | {outcome} | {seconds:.0f} |", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

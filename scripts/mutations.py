@@ -107,8 +107,9 @@ def copy_tree(destination: Path) -> None:
     (destination / ".venv").symlink_to(ROOT / ".venv")
 
 
-def run(mutation: Mutation) -> tuple[str, float]:
-    """'caught' when the mutated tree fails the named tests, 'MISSED' when it passes them."""
+def run(mutation: Mutation) -> tuple[str, str, float]:
+    """'caught' when the mutated tree fails the named tests, 'MISSED' when it passes them; the failure's
+    first line (an assertion, not an exception, is what shows the test saw the mutation)."""
     with tempfile.TemporaryDirectory(prefix="mutation-") as folder:
         tree = Path(folder)
         copy_tree(tree)
@@ -128,7 +129,10 @@ def run(mutation: Mutation) -> tuple[str, float]:
     if result.returncode not in (0, 1):
         tail = result.stdout[-2000:] + result.stderr[-2000:]
         raise SystemExit(f"error: pytest could not run {mutation.tests} (exit {result.returncode}):\n{tail}")
-    return ("caught" if result.returncode == 1 else "MISSED"), seconds
+    if result.returncode == 0:
+        return "MISSED", "", seconds
+    why = next((line[1:].strip() for line in result.stdout.splitlines() if line.startswith("E ")), "?")
+    return "caught", why[:100].replace("|", "/"), seconds
 
 
 def main() -> int:
@@ -136,12 +140,13 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help="mutations to run (default: all); a word of the name is enough")
     names = parser.parse_args().names
     chosen = [m for m in MUTATIONS if not names or any(name in m.name for name in names)]
-    print("| mutation | test | result | seconds |\n|---|---|---|---|")
+    print("| mutation | test | result | first failing line | seconds |\n|---|---|---|---|---|")
     missed = 0
     for mutation in chosen:
-        outcome, seconds = run(mutation)
+        outcome, why, seconds = run(mutation)
         missed += outcome == "MISSED"
-        print(f"| {mutation.name} | `{mutation.tests.rsplit('::', 1)[-1]}` | {outcome} | {seconds:.0f} |", flush=True)
+        test = mutation.tests.rsplit("::", 1)[-1]
+        print(f"| {mutation.name} | `{test}` | {outcome} | `{why}` | {seconds:.0f} |", flush=True)
     return 1 if missed else 0
 
 

@@ -1,6 +1,7 @@
 """The demo chain: fingerprints, skipping current stages, the wiring of the demo recipes."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -202,7 +203,8 @@ def test_demo_refuses_a_stage_its_chain_does_not_have(capsys):
 
 
 def test_chain_runs_a_stage_once_and_again_after_its_input_changes(runs, tmp_path, capsys):
-    sft = runs / "sft"
+    sft = tmp_path / "sft"
+    shutil.copytree(runs / "sft", sft)
     argv = ("eval", "--policies", f"sft={sft}", "--num_prompts", "7", "--output_dir", str(tmp_path / "eval"))
     step = chain.Step("eval", argv, tmp_path / "eval", (sft,))
     assert [row["ran"] for row in chain.run([step], main)] == [True]
@@ -210,6 +212,10 @@ def test_chain_runs_a_stage_once_and_again_after_its_input_changes(runs, tmp_pat
     assert first["prompts"] == 7 and json.loads((step.output / outputs.CHAIN_FILE).read_text())["seconds"] > 0
     assert [row["ran"] for row in chain.run([step], main)] == [False]
     assert "eval: up to date" in capsys.readouterr().out
+    # its input retrained: the SFT folder's metrics.json is part of the eval step's fingerprint
+    (sft / outputs.METRICS_FILE).write_text(json.dumps({**metrics(sft), "train_loss": 0.5}))
+    assert [row["ran"] for row in chain.run([step], main)] == [True]
+    assert [row["ran"] for row in chain.run([step], main)] == [False]
     assert [row["ran"] for row in chain.run([step], main, force=True)] == [True]
 
 

@@ -1,6 +1,7 @@
 """The prepared GPU check (scripts/gpu_check.py) in its tiny CPU mode, and the model shape it checks on a GPU."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ def test_gpu_check_runs_sft_ppo_and_qlora_in_bf16(tmp_path):
     assert set(results) >= {"sft", "ppo", "qlora"} and results["device"] == "cpu"
     for name in ("sft", "qlora"):
         assert 0 < results[name]["train_loss"] < 20, name
-    assert results["ppo"]["episodes_per_second"] > 0 and results["ppo"]["kl_to_sft"] == results["ppo"]["kl_to_sft"]
+    assert results["ppo"]["episodes_per_second"] > 0 and math.isfinite(results["ppo"]["kl_to_sft"])
     assert (tmp_path / "ppo" / "adapter_model.safetensors").is_file()
 
 

@@ -109,7 +109,5 @@ def test_hh_rlhf_smoke_rm_run_cuts_long_prompts_from_the_left(runs, caplog):
         caplog.text,
     )
     found = metrics(out)
-    assert (
-        held_out and found["eval_pairs"] == int(held_out[3]) - int(held_out[2]) and 0.0 <= found["eval_accuracy"] <= 1.0
-    )
+    assert held_out and found["eval_pairs"] == int(held_out[3]) - int(held_out[2])
     assert "bayes_accuracy" not in found  # real data: no gold judge

@@ -1,5 +1,7 @@
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -9,6 +11,7 @@ from pipeline.sandbox import FAMILIES, SPLITS, ensure_sandbox_data, parse_prompt
 from pipeline.sandbox.corpus import demo_styles, demonstrations, prompt_rows
 from pipeline.sandbox.evaluation import balanced_indices
 from pipeline.sandbox.tasks import split_of, tasks
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,10 @@ def test_at_least_six_families_with_required_templates():
 
 
 def test_splits_are_deterministic_and_disjoint():
-    assert split_of("add", (3, 4)) == split_of("add", (3, 4))
+    # the same in a fresh process, whatever its string-hash seed (a split must not come from hash())
+    script = "from pipeline.sandbox.tasks import split_of; print(split_of('add', (3, 4)))"
+    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert fresh.stdout.strip() == split_of("add", (3, 4))
     for family in FAMILIES:
         seen = [set(t.item for t in tasks(s, family)) for s in SPLITS]
         assert sum(map(len, seen)) == len(set().union(*seen))

@@ -122,7 +122,9 @@ def test_responses_stop_at_im_end_which_the_mask_keeps_and_logprobs_keep_only_re
     finally:
         model.forward = forward
     assert calls == [samples.responses.shape[1] + 1]  # not the query positions' 49k logits
-    assert logprobs.shape == samples.responses.shape and (logprobs <= 0).all()
+    # the learning pass gives the log-probs the sampler drew the tokens with (fp32: equal to rounding)
+    assert logprobs.shape == samples.responses.shape
+    torch.testing.assert_close(logprobs * samples.mask, samples.logprobs * samples.mask, rtol=0, atol=1e-4)
 
 
 def test_real_model_chain_sft_merge_rm_ppo_and_a_dry_run_push(smollm2, tmp_path, caplog):
@@ -132,7 +134,7 @@ def test_real_model_chain_sft_merge_rm_ppo_and_a_dry_run_push(smollm2, tmp_path,
     assert json.loads((sft / "adapter_config.json").read_text())["base_model_name_or_path"] == str(smollm2)
     assert main(["merge", str(sft), "--output_dir", str(merged)]) == 0
     assert main(stage_args("rm", RECIPES / "rm/config_smoke.yaml", model_name_or_path=merged, output_dir=rm)) == 0
-    assert 0.0 <= metrics(rm)["eval_accuracy"] <= 1.0
+    assert metrics(rm)["eval_pairs"] > 0
     ppo_args = stage_args(
         "ppo",
         RECIPES / "ppo/config_smoke.yaml",

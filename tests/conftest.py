@@ -21,15 +21,34 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "sandbox"
 
 
+TIMINGS = ("train_runtime", "label_seconds", "eval_seconds", "seconds", "seconds_per_step")
+
+
+def flat(values: dict, prefix: str = "") -> dict:
+    """A metrics.json as one level of `a/b` keys, wall times left out."""
+    rows = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            rows.update(flat(value, f"{prefix}{key}/"))
+        elif not key.endswith(TIMINGS):
+            rows[prefix + key] = value
+    return rows
+
+
 def assert_resumed_as_uninterrupted(resumed: Path, uninterrupted: Path, weights: str = "model.safetensors") -> None:
-    """A 4-update PPO run resumed from checkpoint-2 logs the steps and ends with the weights of one never stopped."""
+    """A 4-update PPO run resumed from checkpoint-2 logs every step, and ends with the metrics and weights, of
+    one never stopped (its first steps' lines are those the killed runs wrote)."""
     steps, reference = log(resumed), log(uninterrupted)
     assert [s["step"] for s in steps] == [1, 2, 3, 4]
-    for a, b in zip(reference[2:], steps[2:], strict=True):
+    for a, b in zip(reference, steps, strict=True):
         for key in a.keys() - {"seconds"}:
             # abs 1e-6: a loss is a mean of terms of order 0.1 that cancel to near 0, where a resumed process's
             # summation order moved loss/policy_avg by 1.8e-7 (-0.0180662 in a fresh clone at c7b4d4c)
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (b["step"], key)
+    got, want = flat(metrics(resumed)), flat(metrics(uninterrupted))
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == (pytest.approx(value, rel=1e-5, abs=1e-6) if isinstance(value, float) else value), key
     got = load_file(resumed / weights)
     for name, tensor in load_file(uninterrupted / weights).items():
         torch.testing.assert_close(got[name], tensor)

@@ -20,13 +20,21 @@ from safetensors.torch import load_file
 
 from pipeline import chain
 from pipeline.cli import main
-from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, log, metrics, ppo_args, stage_args
+from tests.conftest import (
+    ROOT,
+    SMOKE,
+    assert_resumed_as_uninterrupted,
+    flat,
+    log,
+    metrics,
+    ppo_args,
+    stage_args,
+)
 
 pytestmark = pytest.mark.slow  # kill points: every stage killed and resumed
 
 # bf16 as on a CPU that computes it: frozen weights in bf16, adapters and optimiser state in fp32
 LORA_BF16 = {"bf16": "true", "use_cpu": "true", "use_peft": "true", "lora_r": 8, "lora_alpha": 16}
-TIMINGS = ("train_runtime", "label_seconds", "eval_seconds", "seconds")
 
 
 def killed(where: str, step: int, args: list[str]) -> None:
@@ -34,16 +42,6 @@ def killed(where: str, step: int, args: list[str]) -> None:
     command = [sys.executable, "-m", "tests.killed", where, str(step), *map(str, args)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == -9, result.stderr[-3000:]
-
-
-def flat(values: dict, prefix: str = "") -> dict:
-    rows = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            rows.update(flat(value, f"{prefix}{key}/"))
-        elif not key.endswith(TIMINGS):
-            rows[prefix + key] = value
-    return rows
 
 
 def assert_same_outputs(resumed: Path, uninterrupted: Path, weights: str = "model.safetensors") -> None:

@@ -6,6 +6,9 @@ generalise from 200 ranked lists), so the tests of the PPO machinery reward the 
 directly (`gold_reward_scale`): the signal is then known, and so is which way learning must move it.
 """
 
+import json
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -89,12 +92,22 @@ def test_with_lora_the_reward_stays_the_frozen_rm_while_the_value_adapter_learns
     assert (seen["head_after"] - seen["head"]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("use_peft", ["false", "true"])
-def test_the_critic_starts_as_the_normalised_reward(use_peft, models, tmp_path, monkeypatch):
-    """Catches: the value model's head left in the reward model's raw units under normalize_reward."""
+@pytest.mark.parametrize(("use_peft", "stats"), [("false", "rm"), ("true", "rm"), ("true", "first_rollout")])
+def test_the_critic_starts_as_the_normalised_reward(use_peft, stats, models, tmp_path, monkeypatch):
+    """Catches: the value model's head left in the reward model's raw units under normalize_reward (with the RM's
+    statistics, at load; without them, as a Hub RM, once the first rollout has given them)."""
+    sft, rm = models
+    if stats == "first_rollout":
+        rm = shutil.copytree(rm, tmp_path / "hub_rm")
+        found = metrics(rm)
+        del found["reward_mean"], found["reward_std"]
+        (rm / "metrics.json").write_text(json.dumps(found))
     seen = {}
 
     def first_values(self):
+        if stats == "first_rollout":
+            assert self.reward_stats is None
+            self.rollout(0)
         ids = torch.tensor([self.query_ids[0] + [5, 6, 7]])  # a prompt and three response tokens
         mask = torch.ones_like(ids)
         reward, disabled = self.reward()
@@ -107,7 +120,7 @@ def test_the_critic_starts_as_the_normalised_reward(use_peft, models, tmp_path, 
     monkeypatch.setattr(PPOTrainer, "train", first_values)
     out = tmp_path / f"critic_{use_peft}"
     # Stopped before any update, the run publishes nothing (exit 2)
-    assert main(ppo_args(models, out, use_peft=use_peft, lora_r=8, lora_alpha=16)) == 2
+    assert main(ppo_args((sft, rm), out, use_peft=use_peft, lora_r=8, lora_alpha=16)) == 2
     mean, std = seen["stats"]
     assert std != pytest.approx(1.0, abs=0.05)  # the units differ enough to tell
     torch.testing.assert_close(seen["value"], (seen["reward"] - mean) / std)

@@ -18,7 +18,7 @@ from pipeline.ppo.trainer import PPOTrainer
 from pipeline.scoring import token_scores, trained_score_head
 from tests.conftest import log, metrics, ppo_args
 
-# 8 updates of 16 episodes on the gold judge, judged on 70 held-out prompts (8 sampled answers each)
+# 8 updates of 16 episodes on the gold judge, judged on 70 held-out prompts (4 sampled answers each)
 GOLD = {
     "gold_reward_scale": 4.0,
     "learning_rate": 3e-4,
@@ -26,6 +26,7 @@ GOLD = {
     "total_episodes": 128,
     "sandbox_eval_prompts": 70,
     "sandbox_eval_batch_size": 70,
+    "sandbox_eval_samples": 4,
 }
 
 
@@ -39,8 +40,8 @@ def gold_run(models, tmp_path_factory):
 def test_ppo_raises_the_reward_it_is_given(gold_run):
     """Catches: the advantages negated before the policy loss (the policy then moves away from gold)."""
     difference = metrics(gold_run)["eval"]["gold_sampled_difference"]["ppo"]["sft"]
-    # Measured at seed 0: +0.13 [+0.07, +0.19]; negated advantages: below 0
-    assert difference["mean"] > 0.05 and difference["ci"][0] > 0, difference
+    # Measured at seed 0: +0.115 [+0.081, +0.149] (paired by prompt); with the advantages negated it fails
+    assert difference["mean"] > 0.05 and difference["ci"][0] > 0.02, difference
 
 
 def test_the_ratio_compares_the_learning_policy_with_the_rollouts(gold_run):
@@ -54,7 +55,8 @@ def test_the_ratio_compares_the_learning_policy_with_the_rollouts(gold_run):
 def test_the_critic_learns_the_returns(gold_run):
     """Catches: the value loss never added (the value model then keeps the reward model's head)."""
     losses = [s["loss/value_avg"] for s in log(gold_run)]
-    # The reward model's head knows nothing of gold: its loss falls as it learns (1.0 -> 0.3 at seed 0)
+    # The reward model's head knows nothing of gold: its loss falls as it learns (at seed 0 the first three
+    # updates' mean 0.85, the last three's 0.35)
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
     assert all(s["value/grad_norm"] > 0 for s in log(gold_run))
 
@@ -66,7 +68,7 @@ def test_ptx_pulls_the_policy_towards_the_pretraining_text(models, tmp_path):
         out = runs[coef] = tmp_path / f"ptx_{coef}"
         assert main(ppo_args(models, out, ptx_coef=coef, learning_rate=3e-4, total_episodes=32)) == 0
     with_ptx, twin = metrics(runs[1.0]), metrics(runs[0.0])
-    # Held-out pretraining text: measured 4.9% lower loss than the twin's at seed 0
+    # Held-out pretraining text: 2.96 against the twin's 3.18 at seed 0 (7% lower)
     assert with_ptx["ptx_loss"] < 0.98 * twin["ptx_loss"], (with_ptx["ptx_loss"], twin["ptx_loss"])
     assert all(s["loss/ptx"] > 0 for s in log(runs[1.0]))
     weights, twin_weights = load_file(runs[1.0] / "model.safetensors"), load_file(runs[0.0] / "model.safetensors")

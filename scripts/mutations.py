@@ -74,6 +74,13 @@ MUTATIONS = [
         f"{LEARNING}::test_the_critic_starts_as_the_normalised_reward",
     ),
     Mutation(
+        "the first rollout's values left unscaled when its statistics rescale the head",
+        "pipeline/ppo/trainer.py",
+        "        return (values - mean) / std",
+        "        return values",
+        f"{LEARNING}::test_the_critic_starts_as_the_normalised_reward",
+    ),
+    Mutation(
         "attention dropout left on",
         "pipeline/ppo/models.py",
         "            module.attention_dropout = 0.0",

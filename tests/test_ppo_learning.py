@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pipeline.cli import main
 from pipeline.ppo.trainer import PPOTrainer
-from pipeline.scoring import token_scores, trained_score_head
+from pipeline.scoring import response_values, token_scores, trained_score_head
 from tests.conftest import log, metrics, ppo_args
 
 # 8 updates of 16 episodes on the gold judge, judged on 70 held-out prompts (4 sampled answers each)
@@ -94,7 +94,9 @@ def test_with_lora_the_reward_stays_the_frozen_rm_while_the_value_adapter_learns
     assert (seen["head_after"] - seen["head"]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize(("use_peft", "stats"), [("false", "rm"), ("true", "rm"), ("true", "first_rollout")])
+@pytest.mark.parametrize(
+    ("use_peft", "stats"), [("false", "rm"), ("true", "rm"), ("false", "first_rollout"), ("true", "first_rollout")]
+)
 def test_the_critic_starts_as_the_normalised_reward(use_peft, stats, models, tmp_path, monkeypatch):
     """Catches: the value model's head left in the reward model's raw units under normalize_reward (with the RM's
     statistics, at load; without them, as a Hub RM, once the first rollout has given them)."""
@@ -109,7 +111,13 @@ def test_the_critic_starts_as_the_normalised_reward(use_peft, stats, models, tmp
     def first_values(self):
         if stats == "first_rollout":
             assert self.reward_stats is None
-            self.rollout(0)
+            rollout, _ = self.rollout(0)
+            # that rollout's values were read before the statistics existed: rescaled with the head
+            with torch.no_grad():
+                now = response_values(
+                    self.value_model, rollout.queries, rollout.query_mask, rollout.responses, rollout.mask
+                )
+            torch.testing.assert_close(now * rollout.mask, rollout.values, rtol=1e-5, atol=1e-5)
         ids = torch.tensor([self.query_ids[0] + [5, 6, 7]])  # a prompt and three response tokens
         mask = torch.ones_like(ids)
         reward, disabled = self.reward()

@@ -53,11 +53,10 @@ def _without_dropout(model: PreTrainedModel) -> PreTrainedModel:
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
         # Attention dropout is applied functionally in training mode, at a rate each attention module copied
-        # from the config (Llama, Qwen2, Mistral: `attention_dropout`)
+        # from the config (Llama, Qwen2, Mistral: `attention_dropout`); the config, which the published policy
+        # carries, keeps the user's rate
         if isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
-    if isinstance(getattr(model.config, "attention_dropout", None), float):
-        model.config.attention_dropout = 0.0
     return model
 
 

@@ -30,6 +30,10 @@ GOLD = {
 }
 
 
+class Stop(Exception):
+    """Raised by a test's stand-in for `PPOTrainer.train` once it has seen what it checks: the stage goes no further."""
+
+
 @pytest.fixture(scope="module")
 def gold_run(models, tmp_path_factory):
     out = tmp_path_factory.mktemp("learning") / "gold"
@@ -86,10 +90,12 @@ def test_with_lora_the_reward_stays_the_frozen_rm_while_the_value_adapter_learns
         seen["reward"], seen["head"] = self.rm_scores(prompts, answers), head.weight.detach().clone()
         train(self)
         seen["reward_after"], seen["head_after"] = self.rm_scores(prompts, answers), head.weight.detach()
+        raise Stop
 
     monkeypatch.setattr(PPOTrainer, "train", around)
     lora = {"use_peft": "true", "lora_r": 8, "lora_alpha": 16, "learning_rate": 1e-3, "total_episodes": 32}
-    assert main(ppo_args(models, tmp_path / "lora", **lora)) == 0
+    with pytest.raises(Stop):
+        main(ppo_args(models, tmp_path / "lora", **lora))
     torch.testing.assert_close(seen["reward_after"], seen["reward"], rtol=0, atol=0)
     assert (seen["head_after"] - seen["head"]).abs().max() > 1e-4
 
@@ -126,11 +132,11 @@ def test_the_critic_starts_as_the_normalised_reward(use_peft, stats, models, tmp
         with torch.no_grad():
             seen["value"] = token_scores(self.value_model, ids, mask)
         seen["stats"] = self.reward_stats
+        raise Stop
 
     monkeypatch.setattr(PPOTrainer, "train", first_values)
-    out = tmp_path / f"critic_{use_peft}"
-    # Stopped before any update, the run publishes nothing (exit 2)
-    assert main(ppo_args((sft, rm), out, use_peft=use_peft, lora_r=8, lora_alpha=16)) == 2
+    with pytest.raises(Stop):
+        main(ppo_args((sft, rm), tmp_path / "critic", use_peft=use_peft, lora_r=8, lora_alpha=16))
     mean, std = seen["stats"]
     assert std != pytest.approx(1.0, abs=0.05)  # the units differ enough to tell
     torch.testing.assert_close(seen["value"], (seen["reward"] - mean) / std)

@@ -141,6 +141,13 @@ class PPOConfig(TrainingArguments):
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     value_learning_rate: float | None = field(default=None, metadata={"help": "Default: learning_rate."})
+    critic_warmup_updates: int = field(
+        default=0,
+        metadata={
+            "help": "The first updates train the value model alone, the policy frozen (OpenRLHF's "
+            "freezing_actor_steps), so advantages come from a critic that has seen returns; their episodes count."
+        },
+    )
     gamma: float = 1.0
     lam: float = 0.95
     whiten_rewards: bool = False
@@ -210,7 +217,7 @@ _POSITIVE = set(
 _NON_NEGATIVE = set(
     "weight_decay max_grad_norm warmup_steps sandbox_eval_prompts logging_steps "
     "labeler_temperature contrast_per_prompt center_rewards_coefficient kl_coef vf_coef ptx_coef gold_reward_scale "
-    "missing_eos_penalty".split()
+    "missing_eos_penalty critic_warmup_updates".split()
 )
 _UNIT_INTERVAL = {"lora_dropout", "test_fraction", "gamma", "lam"}
 _OPEN_UNIT_INTERVAL = {"cliprange"}  # a ratio clipped to [1 - c, 1 + c]: c in (0, 1)

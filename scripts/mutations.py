@@ -48,8 +48,8 @@ MUTATIONS = [
     Mutation(
         "value loss multiplied by 0",
         "pipeline/ppo/trainer.py",
-        "pg_loss + args.vf_coef * vf_loss",
-        "pg_loss + 0 * vf_loss",
+        "policy_weight * loss + args.vf_coef * vf_loss",
+        "policy_weight * loss + 0 * vf_loss",
         f"{LEARNING}::test_the_critic_learns_the_returns",
     ),
     Mutation(
@@ -58,6 +58,20 @@ MUTATIONS = [
         "loss = loss + args.ptx_coef * ptx_loss",
         "loss = loss + 0 * ptx_loss",
         f"{LEARNING}::test_ptx_pulls_the_policy_towards_the_pretraining_text",
+    ),
+    Mutation(
+        "critic warm-up ignored (the policy learns from the first update)",
+        "pipeline/ppo/trainer.py",
+        "policy_weight = 0.0 if self.step < args.critic_warmup_updates else 1.0",
+        "policy_weight = 1.0",
+        f"{LEARNING}::test_a_critic_warm_up_trains_the_value_model_alone",
+    ),
+    Mutation(
+        "critic warm-up leaves the policy's learning rate on (weight decay moves it)",
+        "pipeline/ppo/trainer.py",
+        'group["lr"] = 0.0 if group.get("model") == "policy" else group["lr"]',
+        'group["lr"] = group["lr"]',
+        f"{LEARNING}::test_a_critic_warm_up_trains_the_value_model_alone",
     ),
     Mutation(
         "LoRA reward read with the value adapter on",
@@ -93,6 +107,22 @@ MUTATIONS = [
         "    def set_epoch(self, epoch: int) -> None:\n        self.epoch = epoch",
         "    def set_epoch(self, epoch: int) -> None:\n        pass",
         "tests/test_resume.py::test_rm_killed_in_its_second_epoch_resumes_to_the_uninterrupted_model",
+    ),
+    Mutation(
+        "RM trained with chosen and rejected swapped (its scores negated in the loss)",
+        "pipeline/reward.py",
+        "logits=scores[inverse].unsqueeze(-1)",
+        "logits=-scores[inverse].unsqueeze(-1)",
+        "tests/test_rm_integration.py::test_the_smoke_rm_learns_a_preference_it_can_see_on_held_out_pairs",
+    ),
+    Mutation(
+        "RLOO/GRPO given the RM's score negated",
+        "pipeline/stages/online_rl.py",
+        "        return response_rewards(plain(scorer), reader, prompts,"
+        ' [c[0]["content"].strip() for c in completions])',
+        "        rewards = response_rewards(plain(scorer), reader, prompts,"
+        ' [c[0]["content"].strip() for c in completions])\n        return [-r for r in rewards]',
+        "tests/test_online_rl.py::test_rloo_and_grpo_raise_the_score_of_a_trained_reward_model_and_only_log_the_gold_judge",
     ),
 ]
 

@@ -81,6 +81,16 @@ def models(runs):
     return runs / "sft", rm
 
 
+@pytest.fixture(scope="session")
+def style_rm(runs):
+    """The smoke RM recipe trained on the style comparisons (bare answer over filler), which it learns in seconds."""
+    rm = runs / "rm_style"
+    overrides = {"dataset_card": ROOT / "data_cards/sandbox_comparisons_style.md", "learning_rate": 3e-4}
+    args = stage_args("rm", SMOKE / "rm/config_smoke.yaml", model_name_or_path=runs / "sft", output_dir=rm, **overrides)
+    assert main(args) == 0
+    return rm
+
+
 def ppo_args(models, out, **overrides):
     sft, rm = models
     recipe = SMOKE / "ppo/config_smoke.yaml"

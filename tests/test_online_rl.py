@@ -1,36 +1,36 @@
 """RLOO and GRPO through TRL's trainers, with our reward model as the reward function."""
 
-import json
-
 import pytest
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM
 
 from pipeline.cli import main
-from tests.conftest import SMOKE, metrics, stage_args
+from tests.conftest import SMOKE, log, metrics, stage_args
 
 
-@pytest.mark.parametrize("stage", ["rloo", "grpo"])
-def test_online_trainer_optimises_the_rm_and_only_logs_the_gold_judge(stage, runs, tmp_path):
-    AutoModelForSequenceClassification.from_pretrained(runs / "sft", num_labels=1).save_pretrained(tmp_path / "rm")
-    out = tmp_path / stage
-    args = stage_args(
-        stage,
-        SMOKE / stage / "config_smoke.yaml",
-        model_name_or_path=runs / "sft",
-        reward_model_path=tmp_path / "rm",
-        output_dir=out,
-    )
-    assert main(args) == 0
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    steps = [row for row in log if "reward" in row]
-    assert len(steps) == 2
-    for row in steps:
-        # the reward is the RM's alone: the gold judge rides along with weight 0
-        assert row["reward"] == pytest.approx(row["rewards/reward_model/mean"], abs=1e-6)
-        assert "rewards/gold/mean" in row
-    found = metrics(out)
-    assert found["train_steps"] == 2 and found["gold_num_prompts"] == 14
-    assert AutoModelForCausalLM.from_pretrained(out).config.eos_token_id is not None
+def test_rloo_and_grpo_raise_the_score_of_a_trained_reward_model_and_only_log_the_gold_judge(runs, style_rm, tmp_path):
+    policies = [f"sft={runs / 'sft'}"]
+    for stage in ("rloo", "grpo"):
+        out = tmp_path / stage
+        paths = {"model_name_or_path": runs / "sft", "reward_model_path": style_rm, "output_dir": out}
+        recipe = SMOKE / stage / "config_smoke.yaml"
+        assert main(stage_args(stage, recipe, **paths, max_steps=8, learning_rate=1e-4)) == 0
+        steps = [row for row in log(out) if "reward" in row]
+        assert len(steps) == 8
+        for row in steps:
+            # the reward is the RM's alone: the gold judge rides along with weight 0
+            assert row["reward"] == pytest.approx(row["rewards/reward_model/mean"], abs=1e-6)
+            assert "rewards/gold/mean" in row
+        found = metrics(out)
+        assert found["train_steps"] == 8 and found["gold_num_prompts"] == 14
+        assert AutoModelForCausalLM.from_pretrained(out).config.eos_token_id is not None
+        policies.append(f"{stage}={out}")
+    evaluation = ["eval", "--reward_model", str(style_rm), "--output_dir", str(tmp_path / "eval"), "--policies"]
+    assert main([*evaluation, *policies, "--num_prompts", "70", "--num_samples", "1", "--max_new_tokens", "32"]) == 0
+    wins = metrics(tmp_path / "eval")["rm_win_rate"]
+    # The RM (bare answers over filler) prefers their greedy answers to SFT's on most of 70 held-out prompts
+    # (measured 0.66 and 0.72 after 8 steps); with the reward's sign flipped it does not (scripts/mutations.py)
+    for stage in ("rloo", "grpo"):
+        assert wins[stage]["sft"]["ci"][0] > 0.5, wins[stage]["sft"]
 
 
 def test_a_missing_reward_model_is_a_clear_error(runs, tmp_path, capsys):

@@ -71,6 +71,13 @@ def test_rm_stage_trains_and_reports_against_the_bayes_ceiling(runs):
     assert model.config.num_labels == 1 and (out / "model.safetensors").exists()
 
 
+def test_the_smoke_rm_learns_a_preference_it_can_see_on_held_out_pairs(style_rm):
+    # 30 steps on bare-over-filler pairs: 60 of 60 held-out pairs ordered (1.0), and none with the loss's
+    # chosen and rejected swapped (scripts/mutations.py); 0.9 leaves room for another CPU's kernels
+    found = metrics(style_rm)
+    assert found["eval_pairs"] == 60 and found["eval_accuracy"] >= 0.9
+
+
 def test_lora_rm_saves_the_score_head_with_the_adapter(runs):
     from peft import AutoPeftModelForSequenceClassification
 

@@ -94,11 +94,14 @@ def create_optimizer(args: PPOConfig, policy: torch.nn.Module, value_model: torc
     """
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
     groups = []
-    for model, lr in ((policy, args.learning_rate), (value_model, args.value_learning_rate or args.learning_rate)):
+    value_lr = args.value_learning_rate or args.learning_rate
+    for name, model, lr in (("policy", policy, args.learning_rate), ("value", value_model, value_lr)):
         decay = set(Trainer.get_decay_parameter_names(None, model))  # a method that reads nothing of the Trainer
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        groups.append({"params": [p for n, p in named if n in decay], "lr": lr, "weight_decay": args.weight_decay})
-        groups.append({"params": [p for n, p in named if n not in decay], "lr": lr, "weight_decay": 0.0})
+        # `model` names the group's model (a critic warm-up stops the policy's)
+        common = {"lr": lr, "model": name}
+        groups.append({"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay, **common})
+        groups.append({"params": [p for n, p in named if n not in decay], "weight_decay": 0.0, **common})
     return optimizer_cls([g for g in groups if g["params"]], **kwargs)
 
 
@@ -521,6 +524,9 @@ class PPOTrainer:
         args, accelerator = self.args, self.accelerator
         self.model.train()
         collected: dict[str, list[float]] = defaultdict(list)
+        # A critic warm-up keeps the policy's loss in the graph at weight 0 (DDP reduces every parameter's gradient)
+        # and its learning rate at 0 until the scheduler's next step (no weight decay moves it either)
+        policy_weight = 0.0 if self.step < args.critic_warmup_updates else 1.0
         for _ in range(args.num_ppo_epochs):
             order = torch.randperm(self.args.local_batch_size, generator=self.generator).to(accelerator.device)
             for mini_batch in order.split(self.args.mini_batch_size):
@@ -537,12 +543,16 @@ class PPOTrainer:
                         vf_loss, vf_stats = value_loss(
                             values, part.values, part.returns, part.mask, args.cliprange_value
                         )
-                        loss, ptx_loss = pg_loss + args.vf_coef * vf_loss, None
+                        loss, ptx_loss = pg_loss, None
                         if self.ptx_texts and args.ptx_coef > 0:
                             ptx_loss = self._ptx_loss()
                             loss = loss + args.ptx_coef * ptx_loss
                             collected["loss/ptx"].append(ptx_loss.item())
+                        loss = policy_weight * loss + args.vf_coef * vf_loss
                         self._stop_if_not_finite(policy_loss=pg_loss, value_loss=vf_loss, ptx_loss=ptx_loss)
+                        if not policy_weight:
+                            for group in self.optimizer.param_groups:
+                                group["lr"] = 0.0 if group.get("model") == "policy" else group["lr"]
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and args.max_grad_norm:
                             norms = self._clip_gradients()

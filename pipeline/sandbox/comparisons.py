@@ -58,3 +58,19 @@ def static_comparisons(split: str, k: int, labeler: Labeler, seed: int = SEED) -
             rows.append(ranked_row(task.prompt, texts, [True] * k, labeler, kind="static"))
     rng.shuffle(rows)
     return rows
+
+
+def style_comparisons(split: str, seed: int = SEED) -> list[dict]:
+    """One right answer per task of a split, bare and wrapped in filler, ranked by the judge without noise.
+
+    A preference a seconds-long reward model can learn (the wrapper is a few tokens), for tests that need
+    one that has learnt something.
+    """
+    rng = random.Random(f"{seed}:style-comparisons:{split}")
+    rows = []
+    for family in FAMILIES:
+        for task in tasks(split, family):
+            texts = [respond(task, "clean", rng), respond(task, "filler", rng)]
+            rows.append(ranked_row(task.prompt, texts, [True, True], Labeler(temperature=0.0), kind="style"))
+    rng.shuffle(rows)
+    return rows

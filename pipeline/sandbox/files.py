@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.outputs import write_jsonl
-from pipeline.sandbox.comparisons import static_comparisons
+from pipeline.sandbox.comparisons import static_comparisons, style_comparisons
 from pipeline.sandbox.corpus import (
     PRETRAIN_DOCUMENTS,
     PRETRAIN_VALIDATION_DOCUMENTS,
@@ -21,7 +21,7 @@ from pipeline.sandbox.corpus import (
 from pipeline.sandbox.labelers import Labeler
 
 # Bump when the generated data change, so stale folders are regenerated.
-DATA_VERSION = "3"
+DATA_VERSION = "4"
 STATIC_K = 4
 
 
@@ -34,6 +34,8 @@ def sandbox_files() -> dict[str, Callable[[], list[dict]]]:
         "sft_validation.jsonl": lambda: demonstrations("validation", VALIDATION_PER_FAMILY),
         "comparisons_static_train.jsonl": lambda: static_comparisons("comparison", STATIC_K, Labeler(seed=1)),
         "comparisons_static_test.jsonl": lambda: static_comparisons("validation", STATIC_K, Labeler(seed=2)),
+        "comparisons_style_train.jsonl": lambda: style_comparisons("comparison"),
+        "comparisons_style_test.jsonl": lambda: style_comparisons("validation"),
         **{
             f"prompts_{split}.jsonl": (lambda s=split: prompt_rows(s))
             for split in ("comparison", "ppo", "validation", "test")

@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -7,9 +8,11 @@ from collections import Counter
 import pytest
 
 from pipeline import sandbox as sb
+from pipeline.errors import PipelineError
 from pipeline.sandbox import FAMILIES, SPLITS, ensure_sandbox_data, parse_prompt
 from pipeline.sandbox.corpus import demo_styles, demonstrations, prompt_rows
 from pipeline.sandbox.evaluation import balanced_indices
+from pipeline.sandbox.files import DATA_VERSION
 from pipeline.sandbox.tasks import split_of, tasks
 from tests.conftest import ROOT
 
@@ -75,6 +78,24 @@ def test_generated_files_are_complete_and_versioned(sandbox):
     first = json.loads((sandbox / "sft_train.jsonl").read_text().splitlines()[0])
     assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
     assert ensure_sandbox_data(sandbox) == sandbox  # up to date: nothing regenerated
+
+
+def test_generating_never_deletes_what_the_sandbox_did_not_make(sandbox, tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "train.jsonl").write_text("mine\n")
+    with pytest.raises(PipelineError, match="did not make"):
+        ensure_sandbox_data(theirs)
+    assert (theirs / "train.jsonl").read_text() == "mine\n"
+    # an older version of the sandbox's own folder is brought up to date around a file someone added
+    stale = shutil.copytree(sandbox, tmp_path / "stale")
+    (stale / "VERSION").write_text("0\n")
+    (stale / "sft_train.jsonl").write_text("old\n")
+    (stale / "notes.txt").write_text("mine\n")
+    ensure_sandbox_data(stale)
+    assert (stale / "sft_train.jsonl").read_text() == (sandbox / "sft_train.jsonl").read_text()
+    assert (stale / "notes.txt").read_text() == "mine\n" and (stale / "VERSION").read_text() == DATA_VERSION + "\n"
+    assert not list(tmp_path.glob("*.partial-*"))
 
 
 def test_balanced_indices_give_every_family_as_many_prompts_as_the_largest():

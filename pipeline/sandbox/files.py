@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.errors import PipelineError
 from pipeline.outputs import write_jsonl
 from pipeline.sandbox.comparisons import static_comparisons, style_comparisons
 from pipeline.sandbox.corpus import (
@@ -44,17 +45,28 @@ def sandbox_files() -> dict[str, Callable[[], list[dict]]]:
 
 
 def ensure_sandbox_data(folder: str | os.PathLike) -> Path:
-    """Generate the sandbox data into `folder` unless an up-to-date copy is there; returns the folder."""
+    """Generate the sandbox data into `folder` unless an up-to-date copy is there; returns the folder.
+
+    An older version's files are replaced one by one (the stamp last), and anything else in the folder is
+    kept; a folder the sandbox did not make (files, no stamp) is refused, never emptied.
+    """
     folder = Path(folder)
     stamp = folder / "VERSION"
     if stamp.exists() and stamp.read_text().strip() == DATA_VERSION:
         return folder
+    if folder.is_dir() and any(folder.iterdir()) and not stamp.exists():
+        raise PipelineError(
+            f"{folder} holds files the sandbox did not make (it has no VERSION file): give the card's "
+            "generated files a folder of their own"
+        )
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(partial, ignore_errors=True)  # this process's own, left by an earlier one with its pid
     partial.mkdir(parents=True)
     for name, make in sandbox_files().items():
         write_jsonl(partial / name, make())
     (partial / "VERSION").write_text(DATA_VERSION + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    folder.mkdir(exist_ok=True)
+    for name in [*sandbox_files(), "VERSION"]:
+        os.replace(partial / name, folder / name)
+    partial.rmdir()
     return folder

@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -223,7 +222,7 @@ def run(steps: list[Step], run_stage: Runner, force: bool = False) -> list[dict]
             print(f"== {step.name}: up to date ({step.output}), skipped", flush=True)
             continue
         if force:
-            shutil.rmtree(outputs.partial_dir(step.output), ignore_errors=True)
+            outputs.discard_unfinished(step.output)
         print(f"== {step.name}: python -m pipeline {' '.join(step.argv)}", flush=True)
         seconds = run_step(step, run_stage)
         record = {"fingerprint": fingerprint(step), "seconds": seconds}

@@ -13,8 +13,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import safe_open
 from trl import ModelConfig
 
 from pipeline import outputs
@@ -95,8 +98,8 @@ def _building(target: Path, inputs: list[Path]) -> Iterator[Path]:
     """
     outputs.check_output_dir(target, inputs)
     work = outputs.partial_dir(target)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    outputs.remove_own(work)
+    outputs.make_own(work)
     try:
         yield work
     except BaseException:
@@ -199,8 +202,18 @@ def build_upload(run_dir: Path, folder: Path, repo_id: str, merged: bool, licens
             for path in run_dir.glob(pattern):
                 if path.is_file():
                     shutil.copy2(path, folder / path.name)
+    _check_finite(folder)
     model_card(run_dir, repo_id, merged, license_id).save(folder / "README.md")
     return sorted(p.name for p in folder.iterdir())
+
+
+def _check_finite(folder: Path) -> None:
+    """Refuse to publish weights holding a NaN or an inf, as the stages refuse to write them."""
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as weights:
+            bad = next((k for k in weights.keys() if not torch.isfinite(weights.get_tensor(k)).all()), None)  # noqa: SIM118
+        if bad is not None:
+            raise PipelineError(f"{path.name} holds a weight that is not finite (NaN or inf), {bad}: nothing is pushed")
 
 
 def _unreachable(error: Exception) -> bool:
@@ -222,6 +235,10 @@ def push(
     run_dir = Path(run_dir)
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise PipelineError(f"--repo_id must be USER/NAME or ORG/NAME, got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise PipelineError(f"--repo_id {repo_id!r}: {error}") from None
     _check_run(run_dir, merged)
     if dry_run is not None:
         target = Path(dry_run)

@@ -27,6 +27,9 @@ EVAL_REPORT_FILE = "eval.md"
 REPORT_FILE = "report.md"
 INPUTS_FILE = "inputs.json"  # in a work folder: what its inputs held, so a resume reads the same
 PPO_STATE_FILE = "trainer_state.pt"  # in a PPO checkpoint (transformers' Trainer writes trainer_state.json)
+# Written into every folder a command creates to work in, and kept in the output it becomes: a folder a command
+# may delete or replace (a `.partial` to start again, an `.old` left by an interrupted swap) must hold it
+OWN_MARKER = ".made-by-pipeline"
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Keys never written to a resolved recipe: they may hold credentials.
@@ -81,6 +84,37 @@ def is_finished_output(folder: str | Path) -> bool:
     return isinstance(recipe, dict) and "stage" in recipe and (folder / METRICS_FILE).is_file()
 
 
+def make_own(folder: Path) -> Path:
+    """Create `folder` (or take an empty one) with the marker that lets a later run delete it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / OWN_MARKER).write_text("made by this pipeline, which may delete or replace this folder\n")
+    return folder
+
+
+def remove_own(folder: Path) -> None:
+    """Delete a folder this pipeline made (its marker, or a finished output of a version before the marker);
+    anything else in the way is kept and refused in one line."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    own = folder.is_dir() and not folder.is_symlink()
+    if not (own and ((folder / OWN_MARKER).is_file() or is_finished_output(folder))):
+        raise PipelineError(
+            f"{folder} is in the way and was not made by this pipeline (no {OWN_MARKER} in it, which the unfinished "
+            "runs of versions before 2026-12-07 lack too): it is kept; move it away, or name another output_dir"
+        )
+    shutil.rmtree(folder)
+
+
+def discard_unfinished(output_dir: str | Path) -> None:
+    """Delete the unfinished run in `<output_dir>.partial`, so that the next one starts from nothing: only once
+    the folder's lock shows no live run writing it, and only a folder this pipeline made."""
+    locks.acquire(output_dir)
+    try:
+        remove_own(partial_dir(output_dir))
+    finally:
+        locks.release(output_dir)
+
+
 def recipe_paths(recipe: dict[str, Any]) -> list[Path]:
     """The existing files and folders a recipe names (models, adapters, data files, cards): the run's inputs."""
     found: list[Path] = []
@@ -120,6 +154,16 @@ def input_digests(paths: list[Path]) -> dict[str, str]:
     return digests
 
 
+def check_not_inputs(output_dir: str | Path, inputs: list[Path]) -> None:
+    """Refuse an output folder equal to, inside or containing one of the run's inputs."""
+    target = Path(output_dir).resolve()
+    for source in inputs:
+        source = source.resolve()
+        if target == source or source in target.parents or target in source.parents:
+            relation = "is" if target == source else "is inside" if source in target.parents else "contains"
+            raise PipelineError(f"output_dir {output_dir} {relation} the run's input {source}: name another folder")
+
+
 def check_output_dir(output_dir: str | Path, inputs: list[Path]) -> None:
     """Refuse, before any work, an output folder that is not the run's own to write (one `PipelineError` line).
 
@@ -134,11 +178,7 @@ def check_output_dir(output_dir: str | Path, inputs: list[Path]) -> None:
     here = Path.cwd().resolve()
     if target == here or target in here.parents:
         raise PipelineError(f"{where} is the working directory or a folder above it: name a folder of its own")
-    for source in inputs:
-        source = source.resolve()
-        if target == source or source in target.parents or target in source.parents:
-            relation = "is" if target == source else "is inside" if source in target.parents else "contains"
-            raise PipelineError(f"{where} {relation} the run's input {source}: name another folder")
+    check_not_inputs(output_dir, inputs)
     if not target.is_dir():
         return
     if (target / ".git").exists() or next(target.glob("*/.git"), None) is not None:
@@ -186,8 +226,8 @@ def start(
                 )
                 logger.info("%s holds an unfinished run (%s): starting again from nothing", work, why)
             if state.is_main_process and not resume:
-                shutil.rmtree(work, ignore_errors=True)
-                work.mkdir(parents=True)
+                remove_own(work)
+                make_own(work)
                 previous.write_text(yaml.safe_dump(resolved, sort_keys=False))
                 read.write_text(json.dumps(digests, indent=2) + "\n")
         except OSError as error:
@@ -220,11 +260,12 @@ def finish(work: Path, output_dir: str | Path) -> Path:
             f"{output_dir} appeared during the run and is not a finished output of this pipeline: it is kept, "
             f"and the run's output is in {work}"
         )
+    old = output_dir.with_name(output_dir.name + ".old")
+    if occupied:
+        remove_own(old)  # an earlier swap's, interrupted; someone else's folder stops the run here, before any move
     if output_dir.is_dir() and not any(output_dir.iterdir()):
         output_dir.rmdir()
     if output_dir.exists():
-        old = output_dir.with_name(output_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
         output_dir.rename(old)
         work.rename(output_dir)
         shutil.rmtree(old)

@@ -24,11 +24,13 @@ from pipeline.data import load_card, read_card
 from pipeline.data.fitting import keep_last_turns, templated_length
 from pipeline.data.loading import raw_split
 from pipeline.errors import PipelineError
-from pipeline.models import load_scorer, load_tokenizer, require_model
+from pipeline.models import load_scorer, load_tokenizer, require_model, require_reward_model
 from pipeline.reward import reward_scores, spearman
 from pipeline.sandbox import bayes_accuracy
 
 logger = logging.getLogger(__name__)
+# The score statistics PPO's normalize_reward reads from an RM's metrics.json: the rm stage's, kept by eval-rm
+STATISTICS = ("reward_mean", "reward_std")
 
 
 def comparison_rows(
@@ -157,8 +159,13 @@ def run(
     data_files: str | None = None,
     max_rows: int | None = None,
 ) -> dict:
-    """Evaluate a saved reward model (full or LoRA) and merge the figures into its metrics.json."""
+    """Evaluate a saved reward model (full or LoRA) and merge the figures into its metrics.json.
+
+    `reward_mean` and `reward_std` stay the rm stage's (PPO normalises with them); this evaluation's are
+    printed and written as `eval_rm_reward_mean` and `eval_rm_reward_std`.
+    """
     require_model(rm_dir)
+    require_reward_model(rm_dir, "eval-rm:")
     folder = Path(rm_dir)
     recipe = (
         yaml.safe_load((folder / outputs.RECIPE_FILE).read_text()) if (folder / outputs.RECIPE_FILE).exists() else {}
@@ -170,7 +177,10 @@ def run(
     rows = comparison_rows(card, split, data_files or recipe.get("data_files"), max_rows)
     metrics = evaluate_reward_model(model, tokenizer, rows, recipe.get("max_length"), recipe.get("fit_prompts", False))
     path = folder / outputs.METRICS_FILE
-    merged = {**(json.loads(path.read_text()) if path.exists() else {}), **metrics}
-    outputs.write_metrics(folder, merged)
+    found = json.loads(path.read_text()) if path.exists() else {}
+    if "reward_mean" in found:
+        metrics = {f"eval_rm_{k}" if k in STATISTICS else k: v for k, v in metrics.items()}
+    outputs.write_metrics(folder, {**found, **metrics})
+    logger.info("eval-rm: the figures merged into %s (its reward_mean and reward_std kept)", path)
     print(json.dumps(metrics, indent=2))
     return metrics

@@ -1,14 +1,16 @@
 """Merge an adapter into its base; push an output folder with a model card (a fake HfApi: no network here)."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from pipeline import hub
+from pipeline import hub, outputs
 from pipeline.cli import main
 from tests.conftest import SMOKE, stage_args
 
@@ -130,3 +132,18 @@ def test_push_needs_a_token_and_a_repo_id(adapters, monkeypatch, tmp_path, capsy
     assert "no Hugging Face token" in capsys.readouterr().err
     assert main(["push", str(sft), "--repo_id", "just-a-name"]) == 2
     assert "--repo_id must be USER/NAME" in capsys.readouterr().err
+    assert main(["push", str(sft), "--repo_id", "someone/my model"]) == 2
+    assert "--repo_id 'someone/my model'" in capsys.readouterr().err
+
+
+def test_push_refuses_weights_that_are_not_finite(adapters, tmp_path, capsys):
+    sft, _ = adapters
+    damaged = Path(shutil.copytree(sft, tmp_path / "damaged"))
+    weights = load_file(damaged / "adapter_model.safetensors")
+    name = sorted(weights)[0]
+    weights[name][0] = float("nan")
+    save_file(weights, damaged / "adapter_model.safetensors")
+    out = tmp_path / "upload"
+    assert main(["push", str(damaged), "--repo_id", "someone/x", "--dry_run", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "not finite" in err and name in err and not out.exists() and not outputs.partial_dir(out).exists()

@@ -3,11 +3,13 @@
 Each case is refused before any work, with one `error:` line and exit 2, and leaves what was there as it was.
 """
 
+import socket
 import subprocess
 
 import pytest
 
 from pipeline import locks, outputs
+from pipeline.cli import main
 from pipeline.errors import PipelineError
 from tests.conftest import SMOKE, ppo_args, stage_args
 from tests.test_bad_inputs import refused
@@ -107,3 +109,70 @@ def test_a_run_resumes_only_when_its_data_files_hold_what_they_held(tmp_path):
     assert start()  # the same recipe and the same data: resumed
     rows.write_text('{"text": "b"}\n')
     assert not start() and not checkpoint.exists()  # edited data: started again
+
+
+def test_someone_elses_partial_and_old_folders_are_kept(runs, tmp_path, capsys):
+    out = tmp_path / "run"
+    partial, old = outputs.partial_dir(out), out.with_name("run.old")
+    partial.mkdir()
+    (partial / "draft.txt").write_text("mine")
+    refused(sft_args(runs, out), capsys, str(partial), "not made by this pipeline")
+    assert (partial / "draft.txt").read_text() == "mine" and not locks.lock_path(out).exists()
+    # finish: an `.old` beside a finished output is moved aside only when the pipeline made it
+    work = outputs.make_own(tmp_path / "next.partial")
+    target = tmp_path / "next"
+    target.mkdir()
+    (target / outputs.RECIPE_FILE).write_text("stage: sft\n")
+    (target / outputs.METRICS_FILE).write_text("{}")
+    old = target.with_name("next.old")
+    old.mkdir()
+    (old / "draft.txt").write_text("mine")
+    with pytest.raises(PipelineError, match="not made by this pipeline"):
+        outputs.finish(work, target)
+    assert (old / "draft.txt").read_text() == "mine" and (target / outputs.METRICS_FILE).is_file() and work.is_dir()
+    (old / "draft.txt").unlink()
+    (old / outputs.OWN_MARKER).write_text("")  # an interrupted swap's own
+    outputs.finish(work, target)
+    assert not old.exists() and (target / outputs.OWN_MARKER).is_file()
+
+
+def test_push_dry_run_keeps_someone_elses_partial(runs, tmp_path, capsys):
+    # merge builds its folder the same way (hub._building)
+    partial = tmp_path / "upload.partial"
+    partial.mkdir()
+    (partial / "draft.txt").write_text("mine")
+    dry_run = ["push", runs / "sft", "--repo_id", "someone/x", "--dry_run", tmp_path / "upload"]
+    refused(dry_run, capsys, str(partial), "not made by")
+    assert (partial / "draft.txt").read_text() == "mine"
+
+
+def test_a_forced_rerun_leaves_a_live_runs_folder_alone(tmp_path):
+    out = tmp_path / "run"
+    partial = outputs.make_own(outputs.partial_dir(out))
+    (partial / "checkpoint-1").mkdir()
+    writer = subprocess.Popen(["sleep", "60"])
+    try:
+        locks.lock_path(out).write_text(f"{socket.gethostname()}:{writer.pid}\n")
+        with pytest.raises(PipelineError, match="being written by another run"):
+            outputs.discard_unfinished(out)
+        assert (partial / "checkpoint-1").is_dir()
+    finally:
+        writer.kill()
+        writer.wait()
+    outputs.discard_unfinished(out)  # its writer gone: the lock is taken over, the folder removed
+    assert not partial.exists() and not locks.lock_path(out).exists()
+
+
+def test_data_writes_only_into_a_folder_of_its_own(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.jsonl").write_text("my rows\n")
+    card = ["data", "data_cards/sandbox_sft.md", "--max_rows", "3", "--output_dir"]
+    refused([*card, mine], capsys, str(mine), "did not write")
+    assert (mine / "train.jsonl").read_text() == "my rows\n"
+    rows = mine / "train.jsonl"
+    refused(["data", "data_cards/sandbox_sft.md", "--data_files", rows, "--output_dir", mine], capsys, "input")
+    ours = tmp_path / "ours"
+    for split in ("train", "validation"):
+        assert main([*card, str(ours), "--split", split]) == 0
+    assert len((ours / "train.jsonl").read_text().splitlines()) == 3 and (ours / "validation.jsonl").is_file()

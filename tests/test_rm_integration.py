@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification
 
 from pipeline.cli import main
 from tests.conftest import ROOT, SMOKE, metrics, stage_args
+from tests.test_bad_inputs import refused
 
 RM_KEYS = {
     "eval_accuracy",
@@ -96,7 +97,16 @@ def test_eval_rm_command_merges_into_metrics(runs, capsys):
     assert main(["eval-rm", str(out), "--max_rows", "20"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["eval_pairs"] <= 20 * 6 and metrics(out)["eval_pairs"] == printed["eval_pairs"]
-    assert metrics(out)["train_loss"] == before["train_loss"]
+    after = metrics(out)
+    # PPO normalises with the rm stage's statistics: 20 rows' own are written beside them, not over them
+    assert after["train_loss"] == before["train_loss"] and after["reward_std"] == before["reward_std"]
+    assert after["reward_mean"] == before["reward_mean"] != after["eval_rm_reward_mean"]
+
+
+def test_eval_rm_refuses_a_policy_and_leaves_it_untouched(runs, capsys):
+    before = metrics(runs / "sft")
+    refused(["eval-rm", str(runs / "sft"), "--max_rows", "2"], capsys, "not a trained reward model")
+    assert metrics(runs / "sft") == before
 
 
 @pytest.mark.skipif(not HH.exists(), reason="needs ../shared/data/hh-rlhf")

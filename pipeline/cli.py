@@ -108,7 +108,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _repeated_option(argv: list[str]) -> str | None:
+    """The first `--option` given twice (argparse would keep its last value without a word), if any."""
+    seen = set()
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name.startswith("--") and name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    repeated = _repeated_option(argv)
+    if repeated is not None:
+        print(f"error: {repeated} is given twice, and only one would count: give it once", file=sys.stderr)
+        return 2
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     command = COMMANDS[args.command]

@@ -188,6 +188,11 @@ class PPOConfig(TrainingArguments):
         self.local_batch_size = self.mini_batch_size * self.num_mini_batches
         self.batch_size = self.local_batch_size * self.world_size
         self.num_updates = -(-self.total_episodes // self.batch_size)
+        if self.total_episodes < self.batch_size:
+            raise ValueError(
+                f"total_episodes ({self.total_episodes}) is less than one rollout ({self.batch_size} episodes: "
+                "per_device_train_batch_size x gradient_accumulation_steps x num_mini_batches x processes)"
+            )
         for key in ("sft_model_path", "reward_model_path"):
             if not getattr(self, key):
                 raise ValueError(f"the ppo stage needs {key!r}")

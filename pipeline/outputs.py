@@ -167,12 +167,14 @@ def check_not_inputs(output_dir: str | Path, inputs: list[Path]) -> None:
 def check_output_dir(output_dir: str | Path, inputs: list[Path]) -> None:
     """Refuse, before any work, an output folder that is not the run's own to write (one `PipelineError` line).
 
-    Refused: an existing file; the working directory or a folder above it; a folder that holds a
+    Refused: a symbolic link; an existing file; the working directory or a folder above it; a folder that holds a
     repository; a folder equal to, inside or containing one of the run's inputs; an existing folder
     with contents that is not a finished output of this pipeline.
     """
     target = Path(output_dir).resolve()
     where = f"output_dir {output_dir}"
+    if Path(output_dir).is_symlink():
+        raise PipelineError(f"{where} is a symbolic link (to {target}): name the folder itself")
     if target.exists() and not target.is_dir():
         raise PipelineError(f"{where} is an existing file: name a folder for the run's output")
     here = Path.cwd().resolve()

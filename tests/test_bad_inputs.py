@@ -455,6 +455,17 @@ def test_a_size_below_one_in_a_command(runs, tmp_path, capsys):
     refused([*evaluate, "--num_samples", "-1"], capsys, "--num_samples must be 0 or more")
 
 
+def test_an_option_given_twice(runs, tmp_path, capsys):
+    # argparse would keep the last: the first policy, and every comparison with it, would vanish
+    twice = ["eval", "--policies", f"sft={runs / 'sft'}", "--policies", f"base={runs / 'base'}"]
+    refused([*twice, "--output_dir", tmp_path / "e"], capsys, "--policies is given twice")
+    refused(["sft", "--config", SMOKE / "sft/config_smoke.yaml", "--config=x.yaml"], capsys, "--config is given twice")
+
+
+def test_ppo_with_fewer_episodes_than_one_rollout(models, tmp_path, capsys):
+    refused(ppo_args(models, tmp_path / "ppo", total_episodes=1), capsys, "total_episodes (1) is less than one rollout")
+
+
 def test_lora_target_modules_the_model_lacks_are_listed_with_those_it_has(runs, tmp_path, capsys):
     argv = [*sft(tmp_path, model_name_or_path=runs / "base", use_peft="true"), "--lora_target_modules", "qkv", "q_proj"]
     refused(argv, capsys, "['qkv'] are not layers", "'v_proj'")

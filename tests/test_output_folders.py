@@ -176,3 +176,11 @@ def test_data_writes_only_into_a_folder_of_its_own(tmp_path, capsys):
     for split in ("train", "validation"):
         assert main([*card, str(ours), "--split", split]) == 0
     assert len((ours / "train.jsonl").read_text().splitlines()) == 3 and (ours / "validation.jsonl").is_file()
+
+
+def test_a_symbolic_link_is_refused_and_what_it_points_to_kept(runs, tmp_path, capsys):
+    link = tmp_path / "latest"
+    link.symlink_to(runs / "sft")
+    before = snapshot(runs / "sft")
+    refused(sft_args(runs, link), capsys, str(link), "symbolic link")
+    assert link.is_symlink() and snapshot(runs / "sft") == before

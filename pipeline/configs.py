@@ -188,6 +188,11 @@ class PPOConfig(TrainingArguments):
         self.local_batch_size = self.mini_batch_size * self.num_mini_batches
         self.batch_size = self.local_batch_size * self.world_size
         self.num_updates = -(-self.total_episodes // self.batch_size)
+        if self.critic_warmup_updates >= self.num_updates:
+            raise ValueError(
+                f"critic_warmup_updates ({self.critic_warmup_updates}) leaves none of the run's {self.num_updates} "
+                "updates to train the policy"
+            )
         if self.total_episodes < self.batch_size:
             raise ValueError(
                 f"total_episodes ({self.total_episodes}) is less than one rollout ({self.batch_size} episodes: "

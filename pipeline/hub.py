@@ -204,7 +204,7 @@ def build_upload(run_dir: Path, folder: Path, repo_id: str, merged: bool, licens
                     shutil.copy2(path, folder / path.name)
     _check_finite(folder)
     model_card(run_dir, repo_id, merged, license_id).save(folder / "README.md")
-    return sorted(p.name for p in folder.iterdir())
+    return sorted(p.name for p in folder.iterdir() if p.name != outputs.OWN_MARKER)  # a dry run's, until it ends
 
 
 def _check_finite(folder: Path) -> None:
@@ -246,6 +246,7 @@ def push(
             raise PipelineError(f"--dry_run folder {target} exists and is not empty")
         with _building(target, [run_dir]) as work:
             files = build_upload(run_dir, work, repo_id, merged, license_id)
+        (target / outputs.OWN_MARKER).unlink()  # the folder is exactly the upload
         print(f"dry run: {target} holds what would go to {repo_id} ({'private' if private else 'public'}):")
         print("\n".join(f"  {name}" for name in files))
         return files

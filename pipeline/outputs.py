@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -39,6 +40,12 @@ SECRET_KEYS = {"hub_token", "token"}
 def partial_dir(output_dir: str | Path) -> Path:
     output_dir = Path(output_dir)
     return output_dir.with_name(output_dir.name + ".partial")
+
+
+def old_dir(output_dir: str | Path) -> Path:
+    """Where `finish` moves a finished output aside while the new one takes its place."""
+    output_dir = Path(output_dir)
+    return output_dir.with_name(output_dir.name + ".old")
 
 
 def clean_recipe(stage: str, recipe: dict[str, Any]) -> dict[str, Any]:
@@ -96,13 +103,24 @@ def remove_own(folder: Path) -> None:
     anything else in the way is kept and refused in one line."""
     if not folder.exists() and not folder.is_symlink():
         return
+    check_own(folder)
+    # Renamed first: a deletion cut short leaves a name no run looks at, not a folder without its marker
+    trash = folder.with_name(f"{folder.name}.deleting-{os.getpid()}")
+    folder.rename(trash)
+    shutil.rmtree(trash)
+
+
+def check_own(folder: Path) -> None:
+    """Refuse, in one line, a folder in the way that this pipeline did not make (an empty one is nobody's)."""
+    if not folder.exists() and not folder.is_symlink():
+        return
     own = folder.is_dir() and not folder.is_symlink()
-    if not (own and ((folder / OWN_MARKER).is_file() or is_finished_output(folder))):
+    marked = own and ((folder / OWN_MARKER).is_file() or is_finished_output(folder) or not any(folder.iterdir()))
+    if not marked:
         raise PipelineError(
             f"{folder} is in the way and was not made by this pipeline (no {OWN_MARKER} in it, which the unfinished "
             "runs of versions before 2026-12-07 lack too): it is kept; move it away, or name another output_dir"
         )
-    shutil.rmtree(folder)
 
 
 def discard_unfinished(output_dir: str | Path) -> None:
@@ -181,6 +199,7 @@ def check_output_dir(output_dir: str | Path, inputs: list[Path]) -> None:
     if target == here or target in here.parents:
         raise PipelineError(f"{where} is the working directory or a folder above it: name a folder of its own")
     check_not_inputs(output_dir, inputs)
+    check_own(old_dir(output_dir))  # the swap at the end would move it aside: refused now, not after the training
     if not target.is_dir():
         return
     if (target / ".git").exists() or next(target.glob("*/.git"), None) is not None:
@@ -253,8 +272,6 @@ def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> None:
 def finish(work: Path, output_dir: str | Path) -> Path:
     """Drop the checkpoints and move the finished work folder to `output_dir`, replacing an old one only when
     that is a finished output of this pipeline: anything else there is kept, and so is the work folder."""
-    for checkpoint in work.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint)
     output_dir = Path(output_dir)
     occupied = output_dir.exists() and not (output_dir.is_dir() and not any(output_dir.iterdir()))
     if occupied and not is_finished_output(output_dir):
@@ -262,9 +279,15 @@ def finish(work: Path, output_dir: str | Path) -> Path:
             f"{output_dir} appeared during the run and is not a finished output of this pipeline: it is kept, "
             f"and the run's output is in {work}"
         )
-    old = output_dir.with_name(output_dir.name + ".old")
+    old = old_dir(output_dir)
+    try:
+        check_own(old)
+    except PipelineError as error:
+        raise PipelineError(f"{error}; the run's output is in {work}") from None
+    for checkpoint in work.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
     if occupied:
-        remove_own(old)  # an earlier swap's, interrupted; someone else's folder stops the run here, before any move
+        remove_own(old)  # an earlier swap's, interrupted
     if output_dir.is_dir() and not any(output_dir.iterdir()):
         output_dir.rmdir()
     if output_dir.exists():

@@ -178,8 +178,7 @@ def run(
     metrics = evaluate_reward_model(model, tokenizer, rows, recipe.get("max_length"), recipe.get("fit_prompts", False))
     path = folder / outputs.METRICS_FILE
     found = json.loads(path.read_text()) if path.exists() else {}
-    if "reward_mean" in found:
-        metrics = {f"eval_rm_{k}" if k in STATISTICS else k: v for k, v in metrics.items()}
+    metrics = {f"eval_rm_{k}" if k in STATISTICS else k: v for k, v in metrics.items()}
     outputs.write_metrics(folder, {**found, **metrics})
     logger.info("eval-rm: the figures merged into %s (its reward_mean and reward_std kept)", path)
     print(json.dumps(metrics, indent=2))

@@ -462,8 +462,10 @@ def test_an_option_given_twice(runs, tmp_path, capsys):
     refused(["sft", "--config", SMOKE / "sft/config_smoke.yaml", "--config=x.yaml"], capsys, "--config is given twice")
 
 
-def test_ppo_with_fewer_episodes_than_one_rollout(models, tmp_path, capsys):
+def test_ppo_with_fewer_episodes_than_one_rollout_or_only_warm_up_updates(models, tmp_path, capsys):
     refused(ppo_args(models, tmp_path / "ppo", total_episodes=1), capsys, "total_episodes (1) is less than one rollout")
+    warmup = ppo_args(models, tmp_path / "ppo", critic_warmup_updates=4)  # the smoke recipe's 4 updates
+    refused(warmup, capsys, "critic_warmup_updates (4) leaves none of the run's 4 updates")
 
 
 def test_lora_target_modules_the_model_lacks_are_listed_with_those_it_has(runs, tmp_path, capsys):

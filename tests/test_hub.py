@@ -69,7 +69,7 @@ def test_dry_run_writes_the_exact_upload_with_a_card(adapters, runs, tmp_path, c
     )
     assert "training_args.bin" not in files and "chain.json" not in files
     printed = capsys.readouterr().out
-    assert all(f"  {name}\n" in printed for name in files)
+    assert all(f"  {name}\n" in printed for name in files) and printed.count("\n  ") == len(files)
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"
     assert {"rlhf", "sft", "lora"} <= set(card.data.tags) and card.data.license == "other"

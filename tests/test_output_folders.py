@@ -118,6 +118,12 @@ def test_someone_elses_partial_and_old_folders_are_kept(runs, tmp_path, capsys):
     (partial / "draft.txt").write_text("mine")
     refused(sft_args(runs, out), capsys, str(partial), "not made by this pipeline")
     assert (partial / "draft.txt").read_text() == "mine" and not locks.lock_path(out).exists()
+    (partial / "draft.txt").rename(tmp_path / "draft.txt")
+    partial.rmdir()
+    old.mkdir()
+    (old / "draft.txt").write_text("mine")
+    refused(sft_args(runs, out), capsys, str(old), "not made by this pipeline")  # before training, not after it
+    assert (old / "draft.txt").read_text() == "mine" and not partial.exists()
     # finish: an `.old` beside a finished output is moved aside only when the pipeline made it
     work = outputs.make_own(tmp_path / "next.partial")
     target = tmp_path / "next"
@@ -127,13 +133,14 @@ def test_someone_elses_partial_and_old_folders_are_kept(runs, tmp_path, capsys):
     old = target.with_name("next.old")
     old.mkdir()
     (old / "draft.txt").write_text("mine")
-    with pytest.raises(PipelineError, match="not made by this pipeline"):
+    with pytest.raises(PipelineError, match=f"not made by this pipeline.*the run's output is in {work}"):
         outputs.finish(work, target)
     assert (old / "draft.txt").read_text() == "mine" and (target / outputs.METRICS_FILE).is_file() and work.is_dir()
     (old / "draft.txt").unlink()
     (old / outputs.OWN_MARKER).write_text("")  # an interrupted swap's own
     outputs.finish(work, target)
     assert not old.exists() and (target / outputs.OWN_MARKER).is_file()
+    assert not list(tmp_path.glob("*.deleting-*"))
 
 
 def test_push_dry_run_keeps_someone_elses_partial(runs, tmp_path, capsys):
@@ -172,6 +179,9 @@ def test_data_writes_only_into_a_folder_of_its_own(tmp_path, capsys):
     assert (mine / "train.jsonl").read_text() == "my rows\n"
     rows = mine / "train.jsonl"
     refused(["data", "data_cards/sandbox_sft.md", "--data_files", rows, "--output_dir", mine], capsys, "input")
+    stage_output = outputs.make_own(tmp_path / "sft")  # a stage's folder carries the marker too: not data's
+    (stage_output / outputs.RECIPE_FILE).write_text("stage: sft\n")
+    refused([*card, stage_output], capsys, "did not write")
     ours = tmp_path / "ours"
     for split in ("train", "validation"):
         assert main([*card, str(ours), "--split", split]) == 0

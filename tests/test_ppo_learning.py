@@ -147,22 +147,26 @@ def test_the_critic_starts_as_the_normalised_reward(use_peft, stats, models, tmp
 def test_a_critic_warm_up_trains_the_value_model_alone(models, tmp_path, monkeypatch):
     """Catches: the policy trained during the warm-up (its loss or its learning rate left on)."""
     seen = {}
-    train = PPOTrainer.train
+    learn = PPOTrainer.learn
 
-    def around(self):
-        seen["policy"] = {n: p.detach().clone() for n, p in self.policy.named_parameters()}
-        seen["head"] = trained_score_head(self.value_model).weight.detach().clone()
-        train(self)
-        seen["policy_after"] = dict(self.policy.named_parameters())
-        seen["head_after"] = trained_score_head(self.value_model).weight.detach()
-        raise Stop
+    def around(self, rollout):
+        if self.step == 0:
+            seen["policy"] = {n: p.detach().clone() for n, p in self.policy.named_parameters()}
+            seen["head"] = trained_score_head(self.value_model).weight.detach().clone()
+        stats = learn(self, rollout)
+        if self.step == 1:  # the second update, the warm-up's last
+            seen["policy_after"] = dict(self.policy.named_parameters())
+            seen["head_after"] = trained_score_head(self.value_model).weight.detach()
+            raise Stop
+        return stats
 
-    monkeypatch.setattr(PPOTrainer, "train", around)
-    # 2 updates, both a warm-up; weight decay would move a policy whose learning rate were left on
-    warmup = {"critic_warmup_updates": 2, "total_episodes": 32, "learning_rate": 3e-4, "weight_decay": 0.1}
+    monkeypatch.setattr(PPOTrainer, "learn", around)
+    # 2 warm-up updates of 3; weight decay would move a policy whose learning rate were left on
+    warmup = {"critic_warmup_updates": 2, "total_episodes": 48, "learning_rate": 3e-4, "weight_decay": 0.1}
     with pytest.raises(Stop):
         main(ppo_args(models, tmp_path / "warmup", **warmup))
     for name, before in seen["policy"].items():
         assert torch.equal(seen["policy_after"][name], before), name
     assert (seen["head_after"] - seen["head"]).abs().max() > 1e-4
-    assert all(s["value/grad_norm"] > 0 and s["policy/grad_norm"] == 0 for s in log(tmp_path / "warmup.partial"))
+    steps = log(tmp_path / "warmup.partial")
+    assert len(steps) == 1 and steps[0]["value/grad_norm"] > 0 and steps[0]["policy/grad_norm"] == 0

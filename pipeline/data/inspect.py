@@ -15,7 +15,8 @@ def _check_own_folder(folder: Path, inputs: list[Path]) -> None:
     """Refuse a folder that is not `data`'s own to write splits into: none yet, an empty one, or one an earlier
     `data` made (its marker); never around the inputs."""
     outputs.check_not_inputs(folder, inputs)
-    ours = (folder / outputs.OWN_MARKER).is_file()
+    # A stage's output or work folder carries the marker too, and is not `data`'s to write into
+    ours = (folder / outputs.OWN_MARKER).is_file() and not (folder / outputs.RECIPE_FILE).exists()
     if folder.exists() and not ours and (not folder.is_dir() or any(folder.iterdir())):
         raise PipelineError(
             f"output_dir {folder} holds files that `data` did not write (no {outputs.OWN_MARKER}): they are kept; "

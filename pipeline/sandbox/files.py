@@ -65,7 +65,11 @@ def ensure_sandbox_data(folder: str | os.PathLike) -> Path:
     for name, make in sandbox_files().items():
         write_jsonl(partial / name, make())
     (partial / "VERSION").write_text(DATA_VERSION + "\n")
-    folder.mkdir(exist_ok=True)
+    try:
+        partial.rename(folder)  # a new (or empty) folder: whole at once
+        return folder
+    except OSError:
+        pass  # an older version's folder, or one another process has just completed
     for name in [*sandbox_files(), "VERSION"]:
         os.replace(partial / name, folder / name)
     partial.rmdir()

@@ -19,8 +19,7 @@ def _check_own_folder(folder: Path, inputs: list[Path]) -> None:
     ours = (folder / outputs.OWN_MARKER).is_file() and not (folder / outputs.RECIPE_FILE).exists()
     if folder.exists() and not ours and (not folder.is_dir() or any(folder.iterdir())):
         raise PipelineError(
-            f"output_dir {folder} holds files that `data` did not write (no {outputs.OWN_MARKER}): they are kept; "
-            "name another folder"
+            f"output_dir {folder} holds files that `data` did not write: they are kept; name another folder"
         )
 
 

@@ -39,5 +39,5 @@ def test_finish_replaces_the_old_output_atomically(tmp_path):
     (work / "checkpoint-5").mkdir()
     outputs.write_metrics(work, {"train_loss": 1.0})
     outputs.finish(work, out)
-    assert sorted(p.name for p in out.iterdir()) == ["inputs.json", "metrics.json", "recipe.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == [outputs.OWN_MARKER, "inputs.json", "metrics.json", "recipe.yaml"]
     assert not work.exists() and not (tmp_path / "sft.old").exists()

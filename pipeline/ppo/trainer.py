@@ -552,7 +552,8 @@ class PPOTrainer:
                         self._stop_if_not_finite(policy_loss=pg_loss, value_loss=vf_loss, ptx_loss=ptx_loss)
                         if not policy_weight:
                             for group in self.optimizer.param_groups:
-                                group["lr"] = 0.0 if group.get("model") == "policy" else group["lr"]
+                                if group.get("model") == "policy":
+                                    group["lr"] = 0.0
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and args.max_grad_norm:
                             norms = self._clip_gradients()

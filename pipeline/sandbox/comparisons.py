@@ -66,11 +66,11 @@ def style_comparisons(split: str, seed: int = SEED) -> list[dict]:
     A preference a seconds-long reward model can learn (the wrapper is a few tokens), for tests that need
     one that has learnt something.
     """
-    rng = random.Random(f"{seed}:style-comparisons:{split}")
+    rng, judge = random.Random(f"{seed}:style-comparisons:{split}"), Labeler(temperature=0.0)
     rows = []
     for family in FAMILIES:
         for task in tasks(split, family):
             texts = [respond(task, "clean", rng), respond(task, "filler", rng)]
-            rows.append(ranked_row(task.prompt, texts, [True, True], Labeler(temperature=0.0), kind="style"))
+            rows.append(ranked_row(task.prompt, texts, [True, True], judge, kind="style"))
     rng.shuffle(rows)
     return rows

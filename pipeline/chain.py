@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
 
-import yaml
-
-from pipeline import outputs
+from pipeline import outputs, reading
 from pipeline.errors import PipelineError
 
 # Runs `python -m pipeline <argv>` in this process and returns its exit status (the CLI's main)
@@ -56,16 +54,38 @@ class Chain:
     steps: list[Step]
 
 
-def chain_files() -> dict[str, Path]:
-    """Every chain `python -m pipeline demo --chain NAME` can run, by name: `recipes/<world>/chain*.yaml`."""
-    return {yaml.safe_load(path.read_text())["name"]: path for path in sorted(Path("recipes").glob("*/chain*.yaml"))}
+def _spec(path: Path) -> dict:
+    """A chain file's mapping, with the keys every chain has."""
+    spec = reading.read_yaml(path)
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("folder"), str):
+        raise PipelineError(f"{path}: a chain is a mapping with a text name and folder, and its steps")
+    steps = spec.get("steps")
+    if not isinstance(steps, list) or not all(isinstance(entry, dict) for entry in steps):
+        raise PipelineError(f"{path}: steps must be a list of steps, each a mapping with a recipe or a command")
+    for number, entry in enumerate(steps, 1):
+        if not isinstance(entry.get("recipe"), str) and not isinstance(entry.get("command"), list):
+            raise PipelineError(f"{path}: step {number} needs a recipe (a file) or a command (a list)")
+    return spec
+
+
+def chain_files() -> tuple[dict[str, Path], list[str]]:
+    """Every chain `python -m pipeline demo --chain NAME` can run, by name (`recipes/<world>/chain*.yaml`), and
+    why each file that is not a chain is not."""
+    files, broken = {}, []
+    for path in sorted(Path("recipes").glob("*/chain*.yaml")):
+        try:
+            files[_spec(path)["name"]] = path
+        except PipelineError as error:
+            broken.append(str(error))
+    return files, broken
 
 
 def load(name: str) -> Chain:
     """The chain called `name` (its file's `name` key)."""
-    files = chain_files()
+    files, broken = chain_files()
     if name not in files:
-        raise PipelineError(f"no chain {name!r}; the chains are {', '.join(files)} (recipes/*/chain*.yaml)")
+        unread = f"; unreadable: {broken[0]}" if broken else ""
+        raise PipelineError(f"no chain {name!r}; the chains are {', '.join(files)} (recipes/*/chain*.yaml){unread}")
     return read(files[name])
 
 
@@ -77,13 +97,15 @@ def read(path: Path) -> Chain:
     whose output is its `--output_dir`. `policies` (label -> step) adds `--policies label=output` for
     each of those steps, an optional one only once it has run.
     """
-    spec = yaml.safe_load(path.read_text())
+    spec = _spec(path)
     made: dict[str, Path] = {}
     steps = []
     for entry in spec["steps"]:
         if "recipe" in entry:
             recipe_path = path.parent / entry["recipe"]
-            recipe = yaml.safe_load(recipe_path.read_text())
+            recipe = reading.read_yaml(recipe_path)
+            if not isinstance(recipe, dict) or not isinstance(recipe.get("output_dir"), str):
+                raise PipelineError(f"{recipe_path}: a chain's recipe names its output_dir")
             stage = entry.get("stage", recipe_path.parent.name)
             argv = (stage, "--config", str(recipe_path))
             output, inputs = Path(recipe["output_dir"]), _recipe_inputs(recipe, made.values())
@@ -132,16 +154,15 @@ def _recipe_inputs(recipe: dict, made: Iterable[Path]) -> list[Path]:
 
 def needs(recipe_path: str | Path, steps: list[Step]) -> list[Step]:
     """The steps that make what a recipe reads, and the steps those need, in chain order."""
-    if not Path(recipe_path).is_file():
-        raise PipelineError(f"recipe not found: {recipe_path}")
-    recipe = yaml.safe_load(Path(recipe_path).read_text())
-    wanted = set(_recipe_inputs(recipe, [step.output for step in steps]))
+    from pipeline.configs import read_recipe  # not for `--help`: it loads transformers
+
+    wanted = set(_recipe_inputs(read_recipe(recipe_path), [step.output for step in steps]))
     return _with_inputs(steps, wanted)
 
 
 def chain_for(recipe_path: str | Path) -> Chain:
     """The chain whose steps make what a recipe reads (the sandbox's when none does)."""
-    for name in chain_files():
+    for name in chain_files()[0]:
         found = load(name)
         if needs(recipe_path, found.steps):
             return found
@@ -166,16 +187,18 @@ def _with_inputs(steps: list[Step], wanted: set[Path]) -> list[Step]:
 
 def fingerprint(step: Step) -> str:
     """A hash of what the step's output depends on: its arguments, recipe files (and the files they name, a
-    data card or a chat template) and inputs' metrics."""
+    data card and its data files, a chat template) and inputs' metrics."""
     digest = hashlib.sha256(json.dumps(step.argv).encode())
     for arg in step.argv:
         if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
-            text = Path(arg).read_bytes()
-            digest.update(text)
-            recipe = yaml.safe_load(text)  # not a mapping: the stage itself will say so
-            named = [v for v in recipe.values() if isinstance(v, str)] if isinstance(recipe, dict) else []
-            for path in sorted({Path(v) for v in named if Path(v).is_file()}):
-                digest.update(path.read_bytes())
+            digest.update(Path(arg).read_bytes())
+            try:
+                recipe = reading.read_yaml(arg)
+            except PipelineError:
+                continue  # the stage itself will say what is wrong with it
+            if isinstance(recipe, dict):
+                for path in sorted({path for path in outputs.recipe_paths(recipe) if path.is_file()}):
+                    digest.update(path.read_bytes())
     for folder in step.inputs:
         metrics = folder / outputs.METRICS_FILE
         if not metrics.is_file():
@@ -189,7 +212,7 @@ def recorded(step: Step) -> dict:
     path = step.output / outputs.CHAIN_FILE
     if not (step.output / outputs.METRICS_FILE).is_file() or not path.is_file():
         return {}
-    return json.loads(path.read_text())
+    return reading.read_json_object(path)
 
 
 def is_current(step: Step) -> bool:
@@ -229,7 +252,7 @@ def run(steps: list[Step], run_stage: Runner, force: bool = False) -> list[dict]
         (step.output / outputs.CHAIN_FILE).write_text(json.dumps(record, indent=2) + "\n")
         rows.append({"stage": step.name, "ran": True, **record})
     for step, row in zip(steps, rows, strict=True):
-        metrics = json.loads((step.output / outputs.METRICS_FILE).read_text())
+        metrics = reading.read_json_object(step.output / outputs.METRICS_FILE)
         if step.key_metric is not None:
             key, label = step.key_metric
             value = metrics

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from pipeline import reading
 from pipeline.distributed import CPU_BACKEND, cpu_ranks
 from pipeline.errors import RecipeError
 from pipeline.precision import resolve_auto
@@ -395,6 +396,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str):
+                raise RecipeError(f"{self.name}, line {key_node.start_mark.line + 1}: key {key!r} is not text")
             if key in seen:
                 raise RecipeError(f"{self.name}, line {key_node.start_mark.line + 1}: key {key!r} is given twice")
             seen.add(key)
@@ -405,15 +408,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe not found: {path}")
-    try:
-        loader = _UniqueKeyLoader(path.read_text())
-        loader.name = str(path)
-        try:
-            recipe = loader.get_single_data() or {}
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as error:
-        raise RecipeError(f"{path}: not valid YAML ({error})") from error
+    recipe = reading.parse_yaml(reading.read_text(path), path, _UniqueKeyLoader) or {}
     if not isinstance(recipe, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of key: value, got {type(recipe).__name__}")
     return recipe

@@ -87,16 +87,22 @@ def run(gguf_file: str | None, output_dir: str, base_model: str | None = None) -
     source = Path(gguf_file) if gguf_file else shipped_gguf()
     if not source.is_file():
         raise PipelineError(f"GGUF file not found: {source}")
+    with source.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise PipelineError(f"{source} is not a GGUF file (it does not start with the bytes 'GGUF')")
     if base_model is None and gguf_file is None:
         base_model = SHIPPED_SOURCE
     record = {"gguf_file": str(source), "sha256": _sha256(source), "base_model": base_model}
     done = Path(output_dir) / outputs.RECIPE_FILE
     finished = done.is_file() and (Path(output_dir) / outputs.METRICS_FILE).is_file()
-    if finished and yaml.safe_load(done.read_text()) == outputs.clean_recipe("import-gguf", record):
+    if finished and outputs.read_recipe_file(output_dir) == outputs.clean_recipe("import-gguf", record):
         logger.info("%s already holds %s: skipped", output_dir, source.name)
         return Path(output_dir)
+    try:
+        facts = _metadata(source)
+    except (ValueError, KeyError, IndexError) as error:  # gguf's reader on a truncated or damaged file
+        raise PipelineError(f"{source} cannot be read as GGUF ({error}): the file is damaged") from error
     work, _ = outputs.start(output_dir, "import-gguf", record)
-    facts = _metadata(source)
 
     logger.info("dequantising %s (%s) to fp32", source, facts["quantization"])
     tokenizer, model = load_gguf(source)

@@ -7,7 +7,6 @@ The token comes from `HF_TOKEN` or the login cache (`huggingface_hub.get_token`)
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +22,14 @@ from trl import ModelConfig
 from pipeline import outputs
 from pipeline.data import read_card
 from pipeline.errors import PipelineError
-from pipeline.models import adapter_base, is_adapter, load_policy, load_scorer, load_tokenizer
+from pipeline.models import (
+    adapter_base,
+    is_adapter,
+    is_sequence_classifier,
+    load_policy,
+    load_scorer,
+    load_tokenizer,
+)
 from pipeline.registry import STAGES
 
 # What a published folder holds: weights or adapter, configs, tokenizer, the recipe and metrics.
@@ -46,18 +52,6 @@ PARENT_KEYS = ("model_name_or_path", "sft_model_path")
 STAGE_TITLES = {name: stage.title for name, stage in STAGES.items()}
 
 
-def _recipe(folder: Path) -> dict:
-    path = folder / outputs.RECIPE_FILE
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
-
-
-def _is_reward_model(folder: Path) -> bool:
-    if is_adapter(folder):
-        return json.loads((folder / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
-    config = json.loads((folder / "config.json").read_text())
-    return any(a.endswith("ForSequenceClassification") for a in config.get("architectures", []))
-
-
 def _same_model(a: str, b: str) -> bool:
     return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
@@ -67,7 +61,7 @@ def _check_run(run_dir: Path, merged: bool) -> None:
         raise PipelineError(f"{run_dir} is not a model output folder (no config.json or adapter_config.json)")
     if merged and not is_adapter(run_dir):
         raise PipelineError(f"{run_dir} holds full weights, not a LoRA adapter: there is nothing to merge")
-    recipe = _recipe(run_dir)
+    recipe = outputs.read_recipe_file(run_dir)
     key = next((k for k in PARENT_KEYS if recipe.get(k)), None)
     if is_adapter(run_dir) and key is not None and not _same_model(adapter_base(run_dir), str(recipe[key])):
         raise PipelineError(
@@ -79,7 +73,7 @@ def _check_run(run_dir: Path, merged: bool) -> None:
 def merge_into(run_dir: Path, folder: Path) -> None:
     """Save the adapter of `run_dir` merged into its base (full safetensors weights + tokenizer) in `folder`."""
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(run_dir)))
-    if _is_reward_model(run_dir):
+    if is_sequence_classifier(run_dir):
         model = load_scorer(str(run_dir), ModelConfig(), tokenizer.pad_token_id)
     else:
         model = load_policy(str(run_dir), ModelConfig())
@@ -126,7 +120,7 @@ def lineage(run_dir: Path) -> list[tuple[str, str]]:
     """
     chain, folder = [], run_dir
     for _ in range(10):  # output folders that name each other would otherwise loop
-        recipe = _recipe(folder)
+        recipe = outputs.read_recipe_file(folder)
         chain.append((recipe.get("stage", "?"), str(folder)))
         parent = next((recipe[k] for k in PARENT_KEYS if recipe.get(k)), None)
         if parent is None:
@@ -142,12 +136,10 @@ def lineage(run_dir: Path) -> list[tuple[str, str]]:
 
 def model_card(run_dir: Path, repo_id: str, merged: bool, license_id: str) -> ModelCard:
     """The README.md of a pushed folder: Hub metadata, the stage chain, the metrics, the recipe, how to load."""
-    recipe, stages = _recipe(run_dir), lineage(run_dir)
-    metrics = (
-        json.loads((run_dir / outputs.METRICS_FILE).read_text()) if (run_dir / outputs.METRICS_FILE).is_file() else {}
-    )
+    recipe, stages = outputs.read_recipe_file(run_dir), lineage(run_dir)
+    metrics = outputs.read_metrics(run_dir)
     adapter = is_adapter(run_dir) and not merged
-    reward_model = _is_reward_model(run_dir)
+    reward_model = is_sequence_classifier(run_dir)
     hub_base = next((folder for stage, folder in stages if stage == "hub"), None)
     cards = [read_card(recipe[k]) for k in ("dataset_card", "ptx_dataset_card") if Path(recipe.get(k) or "").is_file()]
     datasets = [card.hub for card in cards if card.hub]
@@ -254,6 +246,7 @@ def push(
     if token is None:
         raise PipelineError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = api or HfApi()
+    stage = outputs.read_recipe_file(run_dir).get("stage", "model")
     with tempfile.TemporaryDirectory() as tmp:
         files = build_upload(run_dir, Path(tmp), repo_id, merged, license_id)
         try:
@@ -261,7 +254,7 @@ def push(
             api.upload_folder(
                 repo_id=repo_id,
                 folder_path=tmp,
-                commit_message=commit_message or f"Upload {_recipe(run_dir).get('stage', 'model')} from pipeline",
+                commit_message=commit_message or f"Upload {stage} from pipeline",
                 token=token,
             )
         except Exception as error:

@@ -13,12 +13,18 @@ import torch
 
 RESAMPLES = 2000
 LEVEL = 0.95
+# Below this many prompts a bootstrap interval is mostly an artefact of the few values (one prompt gives one of
+# zero width): the mean stands alone
+MIN_VALUES = 10
 
 
 def interval(values: Sequence[float], seed: int = 0, resamples: int = RESAMPLES, level: float = LEVEL) -> dict:
-    """The mean of per-prompt values and its percentile-bootstrap interval: {"mean", "ci": [low, high]}."""
+    """The mean of per-prompt values and its percentile-bootstrap interval: {"mean", "ci": [low, high]}, with
+    "ci" None for fewer than `MIN_VALUES` values."""
     if not values:
         raise ValueError("an interval needs at least one value")
+    if len(values) < MIN_VALUES:
+        return {"mean": sum(values) / len(values), "ci": None}
     data = torch.tensor(values, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     means = data[torch.randint(len(data), (resamples, len(data)), generator=generator)].mean(1)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+from jinja2 import TemplateSyntaxError
 from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification, prepare_model_for_kbit_training
 from safetensors import SafetensorError, safe_open
 from transformers import (
@@ -20,8 +21,10 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils.chat_template_utils import _compile_jinja_template
 from trl import ModelConfig, get_quantization_config
 
+from pipeline import reading
 from pipeline.errors import PipelineError
 
 GENERATION_MARKER = "{% generation %}"
@@ -41,16 +44,12 @@ def require_model(name: str | Path) -> None:
     if path.is_dir():
         if not (path / "config.json").is_file() and not is_adapter(path):
             raise PipelineError(f"{name} holds no model (no config.json or adapter_config.json)")
+        for file in sorted(path.glob("*.json")):
+            reading.read_json(file)  # a damaged one is named here, not deep inside transformers
+        if is_adapter(path):
+            adapter_base(path)
     elif path.exists() or not _HUB_ID.match(str(name)) or Path(path.parts[0]).is_dir():
         raise PipelineError(f"model folder not found: {name}")
-
-
-def _parses(path: Path) -> bool:
-    try:
-        json.loads(path.read_text())
-    except (ValueError, OSError):
-        return False
-    return True
 
 
 def _from_hub(name: str, load: Callable[[], T]) -> T:
@@ -61,10 +60,8 @@ def _from_hub(name: str, load: Callable[[], T]) -> T:
     except SafetensorError as error:
         damaged = ", ".join(str(p) for p in sorted(Path(name).glob("*.safetensors"))) if Path(name).is_dir() else name
         raise PipelineError(f"the weights in {damaged} cannot be read ({error}): the file is damaged") from error
-    except json.JSONDecodeError as error:
-        files = [Path(name, f) for f in (*TOKENIZER_FILES, "config.json") if Path(name, f).is_file()]
-        broken = next((f for f in files if not _parses(f)), Path(name))
-        raise PipelineError(f"{broken} cannot be read ({error}): the file is damaged") from error
+    except json.JSONDecodeError as error:  # a file of a Hub model's cache
+        raise PipelineError(f"a JSON file of {name} cannot be read ({error}): it is damaged") from error
     except OSError as error:
         reason = str(error).strip().splitlines()[0]
         raise PipelineError(
@@ -109,17 +106,28 @@ def require_same_vocabulary(
 
 def adapter_base(path: str | Path) -> str:
     """The base model a LoRA adapter folder was trained on."""
-    return json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"]
+    file = Path(path, "adapter_config.json")
+    base = reading.read_json_object(file).get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise PipelineError(f"{file} names no base_model_name_or_path: the model the adapter belongs on is unknown")
+    return base
 
 
-def check_chat_template(tokenizer: PreTrainedTokenizerBase, where: str, assistant_only_loss: bool) -> None:
-    """A conversational dataset needs a chat template, and assistant-only loss needs generation markers."""
-    template = tokenizer.chat_template
+def check_chat_template(template: str | dict | None, where: str, assistant_only_loss: bool) -> None:
+    """A conversational dataset needs a chat template that is valid Jinja, and assistant-only loss needs
+    generation markers. `where`: the tokenizer or file the template is from."""
     if not template:
         raise PipelineError(
             f"the tokenizer of {where} has no chat template, and the dataset is conversational: set "
             "`chat_template_path` in the recipe to a tokenizer folder or a .jinja file that has one"
         )
+    for text in template.values() if isinstance(template, dict) else [template]:
+        try:
+            _compile_jinja_template(text)  # as transformers renders it, with its `generation` tag
+        except TemplateSyntaxError as error:
+            raise PipelineError(
+                f"the chat template of {where} is not valid Jinja (line {error.lineno}: {error.message})"
+            ) from error
     if assistant_only_loss and GENERATION_MARKER not in str(template):
         raise PipelineError(
             f"assistant_only_loss needs a chat template with {GENERATION_MARKER} markers, and the one of "
@@ -127,6 +135,19 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase, where: str, assistan
             "(a card with `format: messages_last_turn` makes one from conversations), or give a template "
             "with the markers in `chat_template_path`"
         )
+
+
+def check_chat_template_path(path: str, assistant_only_loss: bool, trust_remote_code: bool = False) -> None:
+    """A recipe's `chat_template_path`: a template file, or a tokenizer folder with a template, that
+    `check_chat_template` accepts. A Hub id is left to TRL."""
+    where = Path(path)
+    if where.is_file():
+        check_chat_template(reading.read_text(where), path, assistant_only_loss)
+    elif where.is_dir():
+        tokenizer = load_tokenizer(ModelConfig(model_name_or_path=path), trust_remote_code)
+        check_chat_template(tokenizer.chat_template, path, assistant_only_loss)
+    elif where.suffix or not _HUB_ID.match(path) or Path(where.parts[0]).is_dir():
+        raise PipelineError(f"chat_template_path {path}: no such file or folder")
 
 
 def _keep_4bit_layout_on_cpu(model: PreTrainedModel) -> PreTrainedModel:
@@ -217,7 +238,10 @@ def _weight_names(folder: Path, stem: str) -> list[str] | None:
     """The tensor names in a folder's `<stem>.safetensors` (or its sharded index); None when it has neither."""
     index = folder / f"{stem}.safetensors.index.json"
     if index.is_file():
-        return list(json.loads(index.read_text())["weight_map"])
+        weight_map = reading.read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise PipelineError(f"{index} has no weight_map: the file is damaged")
+        return list(weight_map)
     single = folder / f"{stem}.safetensors"
     if not single.is_file():
         return None
@@ -228,12 +252,13 @@ def _weight_names(folder: Path, stem: str) -> list[str] | None:
         raise PipelineError(f"{single} cannot be read ({error}): the file is damaged; write it again") from error
 
 
-def _is_sequence_classifier(folder: Path) -> bool:
+def is_sequence_classifier(folder: Path) -> bool:
+    """Whether a model folder holds a reward model's kind of model (a sequence classifier), full or LoRA."""
     if is_adapter(folder):
-        return json.loads((folder / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
+        return reading.read_json_object(folder / "adapter_config.json").get("task_type") == "SEQ_CLS"
     config = folder / "config.json"
-    architectures = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
-    return any(name.endswith("ForSequenceClassification") for name in architectures)
+    architectures = reading.read_json_object(config).get("architectures") or [] if config.is_file() else []
+    return any(str(name).endswith("ForSequenceClassification") for name in architectures)
 
 
 def require_reward_model(path: str, what: str) -> None:
@@ -243,7 +268,7 @@ def require_reward_model(path: str, what: str) -> None:
     if not folder.is_dir():
         return
     names = _weight_names(folder, "adapter_model" if is_adapter(folder) else "model")
-    if not _is_sequence_classifier(folder) or (names is not None and not any(".score." in f".{n}" for n in names)):
+    if not is_sequence_classifier(folder) or (names is not None and not any(".score." in f".{n}" for n in names)):
         raise PipelineError(
             f"{what} {path} is not a trained reward model (no sequence-classification score head): give the "
             "output folder of the rm stage"
@@ -252,7 +277,7 @@ def require_reward_model(path: str, what: str) -> None:
 
 def load_policy(path: str, model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM from full weights, or from an adapter merged into its base."""
-    if Path(path).is_dir() and _is_sequence_classifier(Path(path)):
+    if Path(path).is_dir() and is_sequence_classifier(Path(path)):
         raise PipelineError(f"{path} is a reward model (a sequence classifier), not a policy: give a causal LM")
     if is_adapter(path):
         model = _from_hub(

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import locks
+from pipeline import locks, reading
 from pipeline.errors import PipelineError
 
 # The files a stage writes into its output folder (and the report into a run folder)
@@ -85,10 +85,25 @@ def is_finished_output(folder: str | Path) -> bool:
     """Whether `folder` is a finished output of this pipeline: its resolved recipe, naming a stage, and metrics."""
     folder = Path(folder)
     try:
-        recipe = yaml.safe_load((folder / RECIPE_FILE).read_text())
-    except (OSError, yaml.YAMLError):
+        recipe = reading.read_yaml(folder / RECIPE_FILE)
+    except PipelineError:
         return False
     return isinstance(recipe, dict) and "stage" in recipe and (folder / METRICS_FILE).is_file()
+
+
+def read_recipe_file(folder: str | Path) -> dict[str, Any]:
+    """The resolved recipe a stage wrote to its output folder; {} when it has none (a Hub model)."""
+    path = Path(folder) / RECIPE_FILE
+    recipe = reading.read_yaml(path) if path.is_file() else {}
+    if not isinstance(recipe, dict):
+        raise PipelineError(f"{path}: not a recipe (a mapping of key: value)")
+    return recipe
+
+
+def read_metrics(folder: str | Path) -> dict[str, Any]:
+    """The `metrics.json` of an output folder; {} when it has none."""
+    path = Path(folder) / METRICS_FILE
+    return reading.read_json_object(path) if path.is_file() else {}
 
 
 def make_own(folder: Path) -> Path:
@@ -134,7 +149,11 @@ def discard_unfinished(output_dir: str | Path) -> None:
 
 
 def recipe_paths(recipe: dict[str, Any]) -> list[Path]:
-    """The existing files and folders a recipe names (models, adapters, data files, cards): the run's inputs."""
+    """The existing files and folders a recipe names (models, adapters, data files, cards) and the local files its
+    data cards name: the run's inputs."""
+    from pipeline.data import read_card  # not for `--help`: it loads datasets
+    from pipeline.data.loading import local_files
+
     found: list[Path] = []
 
     def visit(value: Any) -> None:
@@ -150,7 +169,10 @@ def recipe_paths(recipe: dict[str, Any]) -> list[Path]:
                     found.append(Path(part))
 
     visit({k: v for k, v in recipe.items() if k != "output_dir"})
-    return found
+    for key, value in recipe.items():
+        if key.endswith("_card") and isinstance(value, str) and Path(value).is_file():
+            found += local_files(read_card(value))
+    return [path for path in dict.fromkeys(found) if path.exists()]
 
 
 def input_digests(paths: list[Path]) -> dict[str, str]:

@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 
 import matplotlib
-import yaml
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline import chain as chains  # noqa: E402
-from pipeline import outputs  # noqa: E402
+from pipeline import outputs, reading  # noqa: E402
 from pipeline.chain import Chain, Step, is_current  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.registry import STAGES  # noqa: E402
 
 FIGURES = "figures"
@@ -27,11 +27,14 @@ TRL_KEYS = {"score": "reward", "gold": "rewards/gold/mean", "entropy": "entropy"
 
 def _log(folder: Path) -> list[dict]:
     path = folder / outputs.LOG_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    try:
+        return [json.loads(line) for line in reading.read_text(path).splitlines()] if path.is_file() else []
+    except ValueError as error:
+        raise PipelineError(f"{path}: a line is not valid JSON ({error})") from error
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return reading.read_json_object(path) if path.is_file() else {}
 
 
 def _save(figure: plt.Figure, path: Path) -> str:
@@ -75,7 +78,7 @@ def rl_runs(steps: list[Step], names: dict[Path, str]) -> dict[str, list[dict]]:
                 for r in rows
             ]
             continue
-        recipe = yaml.safe_load((step.output / outputs.RECIPE_FILE).read_text()) if rows else {}
+        recipe = outputs.read_recipe_file(step.output)
         # TRL counts optimiser steps; each rollout sample is used num_iterations times.
         per_step = recipe.get("per_device_train_batch_size", 1) / recipe.get("num_iterations", 1)
         runs[name] = [
@@ -131,10 +134,10 @@ def reward_vs_kl(runs: dict[str, list[dict]], evaluation: dict, colors: dict[str
         if frontier and frontier_key in frontier[0]:
             xs = [p["kl"] ** 0.5 for p in frontier]
             picked = [p[frontier_key] for p in frontier]
-            if isinstance(picked[0], dict):
+            if isinstance(picked[0], dict) and picked[0]["ci"] is not None:
                 low, high = [p["ci"][0] for p in picked], [p["ci"][1] for p in picked]
                 ax.fill_between(xs, low, high, color="black", alpha=0.12)
-                picked = [p["mean"] for p in picked]
+            picked = [p["mean"] if isinstance(p, dict) else p for p in picked]
             label = f"best-of-n of {evaluation['reference']}, RM picks (n = 1..{frontier[-1]['n']})"
             ax.plot(xs, picked, marker="o", markersize=3, color="black", label=label)
             if key == "gold":
@@ -148,7 +151,8 @@ def reward_vs_kl(runs: dict[str, list[dict]], evaluation: dict, colors: dict[str
             if policy.get(end_key) is None:
                 continue
             x, point = max(policy["kl_to_reference"]["mean"], 0.0) ** 0.5, policy[end_key]
-            error = [[point["mean"] - point["ci"][0]], [point["ci"][1] - point["mean"]]]
+            low, high = point["ci"] or (point["mean"], point["mean"])
+            error = [[point["mean"] - low], [high - point["mean"]]]
             ax.errorbar(
                 [x],
                 [point["mean"]],
@@ -193,6 +197,8 @@ def _headline(evaluation: dict) -> list[str]:
         return []
 
     def figure(value: dict, sign: str = "+") -> str:
+        if value["ci"] is None:
+            return f"{value['mean']:{sign}.3f} (no interval)"
         return f"{value['mean']:{sign}.3f} [{value['ci'][0]:{sign}.3f}, {value['ci'][1]:{sign}.3f}]"
 
     ref = policies[reference]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from accelerate.utils import pad_across_processes
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -19,7 +17,7 @@ from trl import ModelConfig, RewardTrainer
 
 from pipeline.data.fitting import keep_last_turns, templated_length
 from pipeline.models import TOKENIZER_FILES, load_tokenizer
-from pipeline.outputs import METRICS_FILE, RECIPE_FILE
+from pipeline.outputs import read_metrics, read_recipe_file
 from pipeline.sampling import Called
 from pipeline.scoring import score_sequences
 
@@ -155,16 +153,13 @@ def load_reward_reader(
     tokenizer = policy_tokenizer
     if not folder.is_dir() or any((folder / name).is_file() for name in TOKENIZER_FILES):
         tokenizer = load_tokenizer(ModelConfig(model_name_or_path=path), trust_remote_code)
-    recipe = folder / RECIPE_FILE
-    max_length = (yaml.safe_load(recipe.read_text()) or {}).get("max_length") if recipe.is_file() else None
-    return RewardReader(tokenizer, max_length)
+    return RewardReader(tokenizer, read_recipe_file(folder).get("max_length"))
 
 
 def reward_statistics(path: str) -> tuple[float, float] | None:
     """The mean and std of the RM's scores on its training responses, from its `metrics.json`; None for a
     reward model that carries none (a Hub model)."""
-    file = Path(path, METRICS_FILE)
-    metrics = json.loads(file.read_text()) if file.is_file() else {}
+    metrics = read_metrics(path)
     if not {"reward_mean", "reward_std"} <= set(metrics):
         return None
     return metrics["reward_mean"], metrics["reward_std"]

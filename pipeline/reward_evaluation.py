@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 from statistics import mean, pstdev
 
-import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig
 
@@ -167,19 +166,18 @@ def run(
     require_model(rm_dir)
     require_reward_model(rm_dir, "eval-rm:")
     folder = Path(rm_dir)
-    recipe = (
-        yaml.safe_load((folder / outputs.RECIPE_FILE).read_text()) if (folder / outputs.RECIPE_FILE).exists() else {}
-    )
+    recipe = outputs.read_recipe_file(folder)
     card = card or recipe.get("dataset_card")
     split = split or recipe.get("dataset_test_split") or "test"
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=rm_dir))
     model = load_scorer(rm_dir, ModelConfig(dtype="auto"), tokenizer.pad_token_id)  # in the dtype it was saved in
     rows = comparison_rows(card, split, data_files or recipe.get("data_files"), max_rows)
     metrics = evaluate_reward_model(model, tokenizer, rows, recipe.get("max_length"), recipe.get("fit_prompts", False))
-    path = folder / outputs.METRICS_FILE
-    found = json.loads(path.read_text()) if path.exists() else {}
+    found = outputs.read_metrics(folder)
     metrics = {f"eval_rm_{k}" if k in STATISTICS else k: v for k, v in metrics.items()}
     outputs.write_metrics(folder, {**found, **metrics})
-    logger.info("eval-rm: the figures merged into %s (its reward_mean and reward_std kept)", path)
+    logger.info(
+        "eval-rm: the figures merged into %s (its reward_mean and reward_std kept)", folder / outputs.METRICS_FILE
+    )
     print(json.dumps(metrics, indent=2))
     return metrics

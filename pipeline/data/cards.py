@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from pipeline import reading
 from pipeline.errors import PipelineError
 from pipeline.data.formats import CONVERTERS
 
@@ -49,19 +48,24 @@ class DataCard:
 
 
 def _front_matter(path: Path) -> dict:
-    text = path.read_text()
+    text = reading.read_text(path)
     if not text.startswith("---\n"):
         raise DataError(f"{path}: a data card starts with YAML front matter between '---' lines")
     head, sep, _ = text[4:].partition("\n---")
     if not sep:
         raise DataError(f"{path}: front matter is not closed by a '---' line")
-    try:
-        meta = yaml.safe_load(head) or {}
-    except yaml.YAMLError as error:
-        raise DataError(f"{path}: front matter is not valid YAML ({error})") from error
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: front matter must be a mapping")
+    meta = reading.parse_yaml(head, f"{path} (front matter)") or {}
+    if not isinstance(meta, dict) or not all(isinstance(key, str) for key in meta):
+        raise DataError(f"{path}: front matter must be a mapping of key: value")
     return meta
+
+
+def _mapping(meta: dict, key: str, path: Path) -> dict[str, str]:
+    """A front matter mapping of names to text (`source.local`, `splits`, `columns`), empty when absent."""
+    value = meta.get(key) or {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise DataError(f"{path}: {key} must map names to text (name: value, one per line)")
+    return value
 
 
 def read_card(path: str | Path) -> DataCard:
@@ -78,6 +82,8 @@ def read_card(path: str | Path) -> DataCard:
     source = meta["source"]
     if not isinstance(source, dict) or ("hub" in source) == ("local" in source):
         raise DataError(f"{path}: source needs exactly one of 'hub' or 'local'")
+    if meta["license"] is None or not str(meta["license"]).strip():
+        raise DataError(f"{path}: license is empty: name the data's licence (mit, cc-by-4.0, other, ...)")
     unknown = set(meta) - {"name", "format", "license", "source", "splits", "columns", "citation"}
     if unknown:
         raise DataError(f"{path}: unknown front matter key {sorted(unknown)[0]!r}")
@@ -90,9 +96,9 @@ def read_card(path: str | Path) -> DataCard:
         config=source.get("config"),
         data_dir=source.get("data_dir"),
         revision=source.get("revision"),
-        local=dict(source.get("local") or {}),
+        local=_mapping(source, "local", path),
         generator=source.get("generator"),
-        splits=dict(meta.get("splits") or {}),
-        columns=dict(meta.get("columns") or {}),
+        splits=_mapping(meta, "splits", path),
+        columns=_mapping(meta, "columns", path),
         citation=meta.get("citation"),
     )

@@ -111,6 +111,8 @@ def preference(row: dict) -> dict:
     if not pair["chosen"] or not pair["rejected"]:
         raise Drop("empty_response")
     if row.get("margin") is not None:  # how much better chosen is; RewardTrainer subtracts it in the loss
+        if not isinstance(row["margin"], int | float) or isinstance(row["margin"], bool):
+            raise Drop("bad_margin")
         pair["margin"] = float(row["margin"])
     return pair
 

@@ -85,6 +85,21 @@ def _load_local(files: str, split: str = "train") -> datasets.Dataset:
         raise DataError(where or f"{files}: cannot be read as {_builder(files)} ({error})") from error
 
 
+def _local_path(card: DataCard, split: str) -> Path:
+    """Where a card's local split is, made first where the card's generator makes it."""
+    path = REPO_ROOT / card.local[split]
+    if card.generator == "sandbox":
+        from pipeline.sandbox import ensure_sandbox_data
+
+        ensure_sandbox_data(path.parent)
+    return path
+
+
+def local_files(card: DataCard) -> list[Path]:
+    """Every file a card's local source names."""
+    return [Path(file) for split in card.local for file in sorted(glob.glob(str(_local_path(card, split))))]
+
+
 def raw_split(card: DataCard, split: str, data_files: str | None) -> datasets.Dataset:
     if data_files:
         # One file is one split; a sliced split name (`train[:200]`, `train[90%:]`) takes part of it.
@@ -92,12 +107,7 @@ def raw_split(card: DataCard, split: str, data_files: str | None) -> datasets.Da
     if card.local:
         if split not in card.local:
             raise DataError(f"{card.path}: no split {split!r}; the card has {card.split_names}")
-        path = REPO_ROOT / card.local[split]
-        if card.generator == "sandbox":
-            from pipeline.sandbox import ensure_sandbox_data
-
-            ensure_sandbox_data(path.parent)
-        return _load_local(str(path))
+        return _load_local(str(_local_path(card, split)))
     if card.splits and split not in card.splits:
         raise DataError(f"{card.path}: no split {split!r}; the card has {card.split_names}")
     try:

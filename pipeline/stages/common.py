@@ -159,7 +159,9 @@ def train_evaluate_save(
     """Train (resuming a checkpoint of the same recipe), measure, save into `work`, move to `output_dir`.
 
     `evaluate` adds a stage's own figures, measured on the trained model before it is saved. `given_rows`:
-    the rows handed to a trainer that may drop some (RewardTrainer drops pairs over `max_length`), counted.
+    the rows handed to the trainer, which drops those that do not fit `max_length` (RewardTrainer: pairs
+    longer than it; SFTTrainer: rows whose trained tokens all lie past it); the dropped are counted in
+    `train_rows_too_long`.
     """
     args = trainer.args
     require_engine(trainer.accelerator)
@@ -171,7 +173,7 @@ def train_evaluate_save(
         )
     if given_rows is not None and kept < given_rows:
         logger.warning(
-            "%s: %d of %d training rows are longer than max_length (%s) and are left out; %d train",
+            "%s: %d of %d training rows do not fit max_length (%s) and are left out; %d train",
             script_args.dataset_card,
             given_rows - kept,
             given_rows,
@@ -210,6 +212,8 @@ def train_evaluate_save(
         "num_processes": args.world_size,
         "engine": engine(trainer.accelerator),
     }
+    if given_rows is not None:
+        metrics["train_rows_too_long"] = given_rows - kept
     divergence = rank_divergence(trainer.accelerator, trainer.model)
     if divergence is not None:
         metrics["rank_divergence"] = divergence

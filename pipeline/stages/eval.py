@@ -20,7 +20,15 @@ from pipeline.answers import Answers, answer
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
 from pipeline.evaluation import RULE, compare
-from pipeline.models import load_policy, load_scorer, load_tokenizer, require_reward_model, require_same_vocabulary
+from pipeline.intervals import MIN_VALUES
+from pipeline.models import (
+    check_chat_template,
+    load_policy,
+    load_scorer,
+    load_tokenizer,
+    require_reward_model,
+    require_same_vocabulary,
+)
 from pipeline.precision import hold_frozen, pick_bf16
 from pipeline.reward import load_reward_reader
 from pipeline.sampling import plain, sampling_generator
@@ -84,6 +92,8 @@ def _cell(value: float | dict | None) -> str:
     """A number, or a mean with its interval."""
     if value is None:
         return "-"
+    if isinstance(value, dict) and value["ci"] is None:
+        return f"{value['mean']:.3f} (no interval)"
     if isinstance(value, dict):
         return f"{value['mean']:.3f} [{value['ci'][0]:.3f}, {value['ci'][1]:.3f}]"
     return f"{value:.3f}"
@@ -110,7 +120,8 @@ def _markdown(metrics: dict, samples: list[dict]) -> str:
         f"# Evaluation on {metrics['prompts']} held-out prompts",
         "",
         f"Greedy answers, and answers sampled at T = {metrics['temperature']} ({samples_per_prompt} per prompt). "
-        "Brackets: 95% bootstrap intervals over prompts; differences and win-rates are paired by prompt.",
+        f"Brackets: 95% bootstrap intervals over prompts (none under {MIN_VALUES} prompts); differences and win-rates "
+        "are paired by prompt.",
         "",
     ]
     lines += ["| policy | " + " | ".join(t for t, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -169,13 +180,20 @@ def run(config: EvalConfig) -> dict:
     if (config.num_samples or config.best_of_n) and not config.temperature > 0:
         raise PipelineError(f"--temperature must be above 0 to sample answers, got {config.temperature}")
     conversations = _prompts(config)
+    if len(conversations) < MIN_VALUES:
+        logger.warning(
+            "%d prompts: the report gives means without intervals (a 95%% interval needs %d or more)",
+            len(conversations),
+            MIN_VALUES,
+        )
     sandbox = is_sandbox(conversations)
-    recipe = {k: v for k, v in vars(config).items() if k != "output_dir"}
-    work, _ = outputs.start(config.output_dir, "eval", recipe)
-
     model_args = ModelConfig()
     base_name = config.reference or names[0]
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=config.policies[base_name]), config.trust_remote_code)
+    check_chat_template(tokenizer.chat_template, config.policies[base_name], assistant_only_loss=False)
+    recipe = {k: v for k, v in vars(config).items() if k != "output_dir"}
+    work, _ = outputs.start(config.output_dir, "eval", recipe)
+
     for name, path in config.policies.items():
         require_same_vocabulary(tokenizer, path, name, base_name, config.trust_remote_code)
     reference = None

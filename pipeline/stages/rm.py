@@ -10,7 +10,13 @@ from transformers import set_seed
 from trl import ModelConfig, RewardConfig, get_peft_config
 
 from pipeline.configs import ScriptArguments
-from pipeline.models import check_chat_template, load_reward_model, load_tokenizer, prepare_quantized
+from pipeline.models import (
+    check_chat_template,
+    check_chat_template_path,
+    load_reward_model,
+    load_tokenizer,
+    prepare_quantized,
+)
 from pipeline.precision import hold_frozen, trainable_in_fp32
 from pipeline.reward import GroupedRewardTrainer
 from pipeline.reward_evaluation import comparison_rows, evaluate_reward_model
@@ -18,6 +24,8 @@ from pipeline.stages.common import fit_long_prompts, load_datasets, start_work, 
 
 
 def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: RewardConfig, recipe: dict) -> dict:
+    if training_args.chat_template_path:
+        check_chat_template_path(training_args.chat_template_path, False, training_args.trust_remote_code)
     # Output folder: work happens in <output_dir>.partial, resumed when the recipe is unchanged
     work, resume, output_dir = start_work(training_args, "rm", recipe)
 
@@ -37,7 +45,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: Re
     # Tokenizer and model: the SFT model with a new scalar head (seeded: the head is random)
     tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
     if isinstance(train_dataset[0]["chosen"], list) and not training_args.chat_template_path:
-        check_chat_template(tokenizer, model_args.model_name_or_path, assistant_only_loss=False)
+        check_chat_template(tokenizer.chat_template, model_args.model_name_or_path, assistant_only_loss=False)
     train_dataset, eval_dataset = fit_long_prompts(
         script_args, tokenizer, training_args.max_length, train_dataset, eval_dataset
     )

@@ -5,12 +5,22 @@ from __future__ import annotations
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from pipeline.configs import ScriptArguments
-from pipeline.models import check_chat_template, load_causal_lm, load_tokenizer, prepare_quantized
+from pipeline.models import (
+    check_chat_template,
+    check_chat_template_path,
+    load_causal_lm,
+    load_tokenizer,
+    prepare_quantized,
+)
 from pipeline.precision import hold_frozen, trainable_in_fp32
 from pipeline.stages.common import fit_long_prompts, load_datasets, start_work, train_evaluate_save
 
 
 def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SFTConfig, recipe: dict) -> dict:
+    if training_args.chat_template_path:
+        check_chat_template_path(
+            training_args.chat_template_path, training_args.assistant_only_loss, training_args.trust_remote_code
+        )
     # Output folder: work happens in <output_dir>.partial, resumed when the recipe is unchanged
     work, resume, output_dir = start_work(training_args, "sft", recipe)
 
@@ -21,7 +31,7 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SF
     # Tokenizer: the model's own, with its chat template for conversational data
     tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
     if conversational and not training_args.chat_template_path:
-        check_chat_template(tokenizer, model_args.model_name_or_path, training_args.assistant_only_loss)
+        check_chat_template(tokenizer.chat_template, model_args.model_name_or_path, training_args.assistant_only_loss)
     train_dataset, eval_dataset = fit_long_prompts(
         script_args, tokenizer, training_args.max_length, train_dataset, eval_dataset
     )
@@ -42,4 +52,4 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SF
         peft_config=get_peft_config(model_args),
     )
     trainable_in_fp32(trainer.model, lora_bf16)
-    return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir)
+    return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir, given_rows=len(train_dataset))

@@ -188,6 +188,8 @@ def _with_inputs(steps: list[Step], wanted: set[Path]) -> list[Step]:
 def fingerprint(step: Step) -> str:
     """A hash of what the step's output depends on: its arguments, recipe files (and the files they name, a
     data card and its data files, a chat template) and inputs' metrics."""
+    from pipeline.inputs import recipe_paths  # not for `--help`: it loads datasets
+
     digest = hashlib.sha256(json.dumps(step.argv).encode())
     for arg in step.argv:
         if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
@@ -197,7 +199,7 @@ def fingerprint(step: Step) -> str:
             except PipelineError:
                 continue  # the stage itself will say what is wrong with it
             if isinstance(recipe, dict):
-                for path in sorted({path for path in outputs.recipe_paths(recipe) if path.is_file()}):
+                for path in sorted({path for path in recipe_paths(recipe) if path.is_file()}):
                     digest.update(path.read_bytes())
     for folder in step.inputs:
         metrics = folder / outputs.METRICS_FILE

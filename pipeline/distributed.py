@@ -87,6 +87,12 @@ def engine(accelerator: Accelerator) -> str:
     return kind.value
 
 
+def num_machines() -> int:
+    """How many machines the run's processes are on, from the launcher's (torchrun's) world sizes."""
+    processes, here = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(processes // max(here, 1), 1)
+
+
 def require_engine(accelerator: Accelerator) -> None:
     """Stops a run whose accelerator fell back from the engine its config names (a silent change of memory plan)."""
     asked = requested_engine()

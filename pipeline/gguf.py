@@ -102,7 +102,7 @@ def run(gguf_file: str | None, output_dir: str, base_model: str | None = None) -
         facts = _metadata(source)
     except (ValueError, KeyError, IndexError) as error:  # gguf's reader on a truncated or damaged file
         raise PipelineError(f"{source} cannot be read as GGUF ({error}): the file is damaged") from error
-    work, _ = outputs.start(output_dir, "import-gguf", record)
+    work, _ = outputs.start(output_dir, "import-gguf", record, [source])
 
     logger.info("dequantising %s (%s) to fp32", source, facts["quantization"])
     tokenizer, model = load_gguf(source)

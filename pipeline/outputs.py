@@ -148,33 +148,6 @@ def discard_unfinished(output_dir: str | Path) -> None:
         locks.release(output_dir)
 
 
-def recipe_paths(recipe: dict[str, Any]) -> list[Path]:
-    """The existing files and folders a recipe names (models, adapters, data files, cards) and the local files its
-    data cards name: the run's inputs."""
-    from pipeline.data import read_card  # not for `--help`: it loads datasets
-    from pipeline.data.loading import local_files
-
-    found: list[Path] = []
-
-    def visit(value: Any) -> None:
-        if isinstance(value, dict):
-            for item in value.values():
-                visit(item)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                visit(item)
-        elif isinstance(value, str | Path) and str(value):
-            for part in str(value).split(","):  # data_files may list several
-                if part and Path(part).exists():
-                    found.append(Path(part))
-
-    visit({k: v for k, v in recipe.items() if k != "output_dir"})
-    for key, value in recipe.items():
-        if key.endswith("_card") and isinstance(value, str) and Path(value).is_file():
-            found += local_files(read_card(value))
-    return [path for path in dict.fromkeys(found) if path.exists()]
-
-
 def input_digests(paths: list[Path]) -> dict[str, str]:
     """What each input holds, to tell whether an unfinished run read the same: a file's sha256; a folder's
     `metrics.json` (a stage output; a rerun stage writes a new one), else its files' names and sizes."""
@@ -234,18 +207,15 @@ def check_output_dir(output_dir: str | Path, inputs: list[Path]) -> None:
     )
 
 
-def start(
-    output_dir: str | Path, stage: str, recipe: dict[str, Any], inputs: list[Path] | None = None
-) -> tuple[Path, bool]:
-    """The work folder for a stage, and whether it holds an unfinished run of the same recipe to resume.
+def start(output_dir: str | Path, stage: str, recipe: dict[str, Any], inputs: list[Path]) -> tuple[Path, bool]:
+    """The work folder for a stage, and whether it holds an unfinished run of the same recipe and `inputs`
+    (`pipeline.inputs.recipe_paths`) to resume.
 
-    First the folder must be the run's own (`check_output_dir`; `inputs` default to the paths the recipe
-    names). The main process takes the folder's lock (`pipeline.locks`) and, under `accelerate launch`,
-    prepares the folder before the other ranks look at it.
+    First the folder must be the run's own (`check_output_dir`). The main process takes the folder's lock
+    (`pipeline.locks`) and, under `accelerate launch`, prepares the folder before the other ranks look at it.
     """
     from accelerate import PartialState  # torch: only where a stage runs
 
-    inputs = recipe_paths(recipe) if inputs is None else inputs
     check_output_dir(output_dir, inputs)
     work = partial_dir(output_dir)
     resolved = clean_recipe(stage, recipe)

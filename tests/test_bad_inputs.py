@@ -389,7 +389,7 @@ def test_a_damaged_tokenizer_or_weights_file_is_named(runs, tmp_path, capsys):
     broken = shutil.copytree(runs / "sft", tmp_path / "broken")
     (broken / "tokenizer.json").write_text('{"version": "1.0", "trunc')
     evaluate = ["eval", "--policies", "--num_samples", "0", "--best_of_n", "0", "--num_prompts", "2"]
-    refused([*evaluate[:2], f"sft={broken}", *evaluate[2:]], capsys, f"{broken / 'tokenizer.json'} cannot be read")
+    refused([*evaluate[:2], f"sft={broken}", *evaluate[2:]], capsys, f"{broken / 'tokenizer.json'}: not valid JSON")
     cut = shutil.copytree(runs / "sft", tmp_path / "cut")
     weights = cut / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -481,3 +481,127 @@ def test_a_tracker_that_is_misspelt_or_not_installed(tmp_path, capsys):
 def test_a_push_while_offline_says_so(runs, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", "hf_FakeTokenNeverSent")  # the suite runs with HF_HUB_OFFLINE=1 (conftest)
     refused(["push", runs / "sft", "--repo_id", "user/model"], capsys, "could not reach the Hub", "--dry_run")
+
+
+# Files read with limits: text as UTF-8, YAML bounded, JSON named (pipeline/reading.py)
+
+
+def bomb(levels: int = 6) -> str:
+    """YAML of a few lines whose aliases stand for 9 ** levels values."""
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_recipes_and_cards_that_are_not_utf8_or_not_text_keyed_or_alias_bombs(tmp_path, capsys):
+    latin = tmp_path / "recipe.yaml"
+    latin.write_bytes((SMOKE / "sft/config_smoke.yaml").read_bytes() + "# caf\xe9\n".encode("latin-1"))
+    refused(["sft", "--config", latin], capsys, str(latin), "not UTF-8 text (byte 0xe9")
+    text = (SMOKE / "sft/config_smoke.yaml").read_text()
+    refused(["sft", "--config", recipe(tmp_path, text + "1: one\n")], capsys, "recipe.yaml, line", "key 1 is not text")
+    refused(["sft", "--config", recipe(tmp_path, bomb())], capsys, "recipe.yaml", "aliases expand it past 100,000")
+    prose = tmp_path / "card.md"
+    prose.write_bytes(b"---\nname: x\nformat: messages\nlicense: mit\nsource:\n  local: {}\n---\ncaf\xe9\n")
+    refused(data(prose), capsys, str(prose), "not UTF-8 text")
+    refused(data(card(tmp_path / "bomb.md", bomb())), capsys, "bomb.md (front matter)", "aliases expand it")
+
+
+@pytest.mark.parametrize(
+    ("front", "message"),
+    [
+        ("source:\n  local: [a.jsonl, b.jsonl]\n", "local must map names to text"),
+        ("source:\n  local: {train: t.jsonl}\ncolumns: [messages]\n", "columns must map names to text"),
+        ("source:\n  local: {train: t.jsonl}\nlicense:\n", "license is empty"),
+    ],
+)
+def test_card_fields_of_the_wrong_shape(front, message, tmp_path, capsys):
+    front = front if "license" in front else front + "license: mit\n"
+    refused(data(card(tmp_path / "card.md", "name: x\nformat: messages\n" + front)), capsys, "card.md", message)
+
+
+def test_a_margin_that_is_not_a_number_is_dropped_and_counted(tmp_path, capsys):
+    rows = [{**pair("a", "b"), "margin": "big"}, {**pair("a", "b"), "margin": 1.5}, pair("c", "d")]
+    assert main(data("data_cards/ultrafeedback_binarized.md", str(jsonl(tmp_path / "train.jsonl", rows)))) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["rows_out"] == 2 and report["dropped"] == {"bad_margin": 1}
+
+
+def test_a_chat_template_path_that_is_missing_or_not_jinja(runs, tmp_path, capsys):
+    args = sft(tmp_path, model_name_or_path=runs / "base")
+    missing = tmp_path / "none.jinja"
+    refused(
+        [*args, "--chat_template_path", missing],
+        capsys,
+        f"chat_template_path {missing}: no such file",
+        output=tmp_path / "out",
+    )
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}{{ m.content")
+    refused(
+        [*args, "--chat_template_path", broken], capsys, f"{broken} is not valid Jinja (line 1", output=tmp_path / "out"
+    )
+
+
+def test_eval_of_a_policy_without_a_chat_template(runs, tmp_path, capsys):
+    bare = shutil.copytree(runs / "sft", tmp_path / "bare")
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    out = tmp_path / "eval"
+    refused(
+        ["eval", "--policies", f"bare={bare}", "--output_dir", out], capsys, "bare has no chat template", output=out
+    )
+    assert not (tmp_path / "eval.partial").exists()
+
+
+def test_damaged_json_in_a_model_folder_is_named(runs, tmp_path, capsys):
+    config = shutil.copytree(runs / "sft", tmp_path / "config")
+    (config / "config.json").write_text('{"model_type": ')
+    out = tmp_path / "eval"
+    refused(
+        ["eval", "--policies", f"p={config}", "--output_dir", out], capsys, f"{config / 'config.json'}: not valid JSON"
+    )
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{")
+    refused(["merge", adapter], capsys, f"{adapter / 'adapter_config.json'}: not valid JSON")
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    refused(["merge", adapter], capsys, "adapter_config.json names no base_model_name_or_path")
+
+
+def test_damaged_recipe_or_metrics_in_an_output_are_named(runs, tmp_path, capsys):
+    for name, text in (("recipe.yaml", "a: [\n"), ("metrics.json", "{")):
+        run = shutil.copytree(runs / "sft", tmp_path / name)
+        (run / name).write_text(text)
+        dry = ["push", run, "--repo_id", "user/model", "--dry_run", tmp_path / f"dry-{name}"]
+        refused(dry, capsys, str(run / name), "not valid")
+
+
+def test_a_file_that_is_not_gguf(tmp_path, capsys):
+    fake = tmp_path / "model.gguf"
+    fake.write_text("hello")
+    out = tmp_path / "out"
+    refused(["import-gguf", fake, "--output_dir", out], capsys, f"{fake} is not a GGUF file", output=out)
+    assert not (tmp_path / "out.partial").exists()
+
+
+def test_a_malformed_chain_file_leaves_the_other_chains_and_is_named(tmp_path, monkeypatch, capsys):
+    from pipeline import chain
+
+    for world, text in (("good", "name: good\nfolder: out\nsteps:\n  - command: [eval]\n"), ("bad", ": : [\n")):
+        (tmp_path / "recipes" / world).mkdir(parents=True)
+        (tmp_path / "recipes" / world / "chain.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    files, broken = chain.chain_files()
+    assert list(files) == ["good"] and len(broken) == 1 and "recipes/bad/chain.yaml: not valid YAML" in broken[0]
+    refused(["demo", "--chain", "other"], capsys, "no chain 'other'; the chains are good", "recipes/bad/chain.yaml")
+
+
+def test_sft_counts_the_rows_that_do_not_fit_max_length(runs, tmp_path, caplog):
+    # the smoke SFT prompts are 10-34 tokens: at 16, TRL drops the rows whose answer lies wholly past max_length
+    argv = sft(tmp_path, model_name_or_path=runs / "base", max_steps=1, max_length=16, max_train_samples=64)
+    assert main([*argv, "--sandbox_eval_prompts", "0", "--max_eval_samples", "8"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert 0 < metrics["train_rows_too_long"] < 64 and metrics["train_rows"] + metrics["train_rows_too_long"] == 64
+    assert f"{metrics['train_rows_too_long']} of 64 training rows do not fit max_length (16)" in caplog.text

@@ -6,6 +6,8 @@ ranks, writes once and resumes under 2 processes as an uninterrupted run.
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,7 +31,7 @@ from pipeline.errors import PipelineError
 from pipeline.ppo.core import masked_whiten
 from pipeline.ppo.trainer import PolicyAndValue
 from pipeline.sampling import sample
-from scripts.engine_matrix import ACCELERATE_CONFIGS, free_port, launch
+from scripts.engine_matrix import ACCELERATE_CONFIGS, ROOT, free_port, launch
 from tests.conftest import (
     SMOKE,
     assert_resumed_as_uninterrupted,
@@ -125,6 +127,46 @@ def test_sft_on_two_processes_matches_one_process_with_the_same_global_batch(run
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=0.01)  # the eval split is sharded
     assert not out.with_name("sft.partial").exists() and (out / "model.safetensors").is_file()
     assert two["engine"] == "MULTI_CPU"
+
+
+def launch_on_two_machines(args: list[str], config: str = "multi_cpu") -> list[subprocess.CompletedProcess]:
+    """`accelerate launch` as on two machines of one process each, both on this host: machine 0 is the main one."""
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        ACCELERATE_CONFIGS / f"{config}.yaml",
+    ]
+    command += ["--num_machines", 2, "--num_processes", 2, "--main_process_ip", "127.0.0.1"]
+    command += ["--main_process_port", free_port()]
+    machines = [
+        subprocess.Popen(
+            [*map(str, command), "--machine_rank", str(rank), "-m", "pipeline", *map(str, args)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    found = []
+    for machine in machines:
+        out, err = machine.communicate(timeout=600)
+        found.append(subprocess.CompletedProcess(machine.args, machine.returncode, out, err))
+    return found
+
+
+def test_sft_on_two_machines_matches_one_machine_with_two_processes(runs, ddp_runs, tmp_path):
+    out = tmp_path / "sft"
+    for machine in launch_on_two_machines(two_process_args("sft", runs, out)):
+        check(machine)
+    two_machines, one_machine = metrics(out), metrics(ddp_runs["sft"])
+    assert (two_machines["num_machines"], one_machine["num_machines"]) == (2, 1)
+    assert two_machines["num_processes"] == one_machine["num_processes"] == 2
+    assert two_machines["rank_divergence"] == 0.0
+    assert two_machines["train_loss"] == pytest.approx(one_machine["train_loss"], rel=1e-6)
+    assert two_machines["eval_loss"] == pytest.approx(one_machine["eval_loss"], rel=1e-6)
 
 
 def test_rm_on_two_processes_keeps_ranks_in_step(runs, ddp_runs, tmp_path):

@@ -7,13 +7,18 @@ from statistics import mean
 
 import pytest
 
-from pipeline.intervals import best_of_n, best_of_n_kl, best_of_n_sample_kl, differences, interval, wins
+from pipeline.intervals import MIN_VALUES, best_of_n, best_of_n_kl, best_of_n_sample_kl, differences, interval, wins
 
 
 def test_interval_of_constant_values_has_no_width_and_a_mean_inside():
-    assert interval([0.25] * 7) == {"mean": 0.25, "ci": [0.25, 0.25]}
-    found = interval([0.0, 1.0, 0.0, 1.0, 1.0], seed=3)
+    assert interval([0.25] * 10) == {"mean": 0.25, "ci": [0.25, 0.25]}
+    found = interval([0.0, 1.0, 0.0, 1.0, 1.0] * 2, seed=3)
     assert found["mean"] == 0.6 and 0.0 <= found["ci"][0] < 0.6 < found["ci"][1] <= 1.0
+
+
+def test_fewer_values_than_an_interval_needs_give_the_mean_alone():
+    assert interval([0.0, 1.0, 1.0]) == {"mean": 2 / 3, "ci": None}
+    assert interval([0.5] * (MIN_VALUES - 1))["ci"] is None and interval([0.5] * MIN_VALUES)["ci"] == [0.5, 0.5]
 
 
 def test_interval_half_width_matches_the_normal_approximation():

@@ -1,6 +1,7 @@
 import yaml
 
 from pipeline import outputs
+from pipeline.inputs import recipe_paths
 
 
 def test_a_checkpoint_counts_only_with_its_trainer_state(tmp_path):
@@ -18,15 +19,30 @@ def test_a_checkpoint_counts_only_with_its_trainer_state(tmp_path):
 
 def test_start_resumes_only_the_same_recipe(tmp_path):
     out = tmp_path / "sft"
-    work, resume = outputs.start(out, "sft", {"learning_rate": 1e-3, "hub_token": "hf_secret"})
+    work, resume = outputs.start(out, "sft", {"learning_rate": 1e-3, "hub_token": "hf_secret"}, [])
     assert work == tmp_path / "sft.partial" and not resume
     assert "hf_secret" not in (work / "recipe.yaml").read_text()
     (work / "checkpoint-10").mkdir()
     (work / "checkpoint-10" / "trainer_state.json").write_text("{}")
-    assert outputs.start(out, "sft", {"learning_rate": 1e-3, "hub_token": "hf_other"}) == (work, True)
-    work, resume = outputs.start(out, "sft", {"learning_rate": 2e-3})
+    assert outputs.start(out, "sft", {"learning_rate": 1e-3, "hub_token": "hf_other"}, []) == (work, True)
+    work, resume = outputs.start(out, "sft", {"learning_rate": 2e-3}, [])
     assert not resume and not (work / "checkpoint-10").exists()
     assert yaml.safe_load((work / "recipe.yaml").read_text()) == {"stage": "sft", "learning_rate": 2e-3}
+
+
+def test_a_run_resumes_only_on_the_data_files_its_card_named_when_it_began(tmp_path):
+    rows = tmp_path / "train.jsonl"
+    rows.write_text('{"text": "a"}\n')
+    card = tmp_path / "card.md"
+    card.write_text(f"---\nname: x\nformat: text\nlicense: mit\nsource:\n  local:\n    train: {rows}\n---\n")
+    recipe, out = {"dataset_card": str(card)}, tmp_path / "sft"
+    assert recipe_paths(recipe) == [card, rows]
+    work, _ = outputs.start(out, "sft", recipe, recipe_paths(recipe))
+    (work / "checkpoint-10").mkdir()
+    (work / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    assert outputs.start(out, "sft", recipe, recipe_paths(recipe)) == (work, True)
+    rows.write_text('{"text": "b"}\n')  # the card unchanged, its data edited
+    assert outputs.start(out, "sft", recipe, recipe_paths(recipe)) == (work, False)
 
 
 def test_finish_replaces_the_old_output_atomically(tmp_path):
@@ -35,7 +51,7 @@ def test_finish_replaces_the_old_output_atomically(tmp_path):
     (out / "old.txt").write_text("old")
     (out / "recipe.yaml").write_text("stage: sft\n")  # a finished output of an earlier run
     (out / "metrics.json").write_text("{}")
-    work, _ = outputs.start(out, "sft", {})
+    work, _ = outputs.start(out, "sft", {}, [])
     (work / "checkpoint-5").mkdir()
     outputs.write_metrics(work, {"train_loss": 1.0})
     outputs.finish(work, out)

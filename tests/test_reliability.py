@@ -29,7 +29,7 @@ def test_a_live_run_holds_its_output_folder(tmp_path):
     try:
         locks.lock_path(out).write_text(f"{socket.gethostname()}:{holder.pid}\n")
         with pytest.raises(PipelineError, match=rf"{out} is being written by another run \(pid {holder.pid} on "):
-            outputs.start(out, "sft", {"seed": 0})
+            outputs.start(out, "sft", {"seed": 0}, [])
         assert not outputs.partial_dir(out).exists()  # nothing written
     finally:
         holder.kill()
@@ -41,7 +41,7 @@ def test_a_dead_runs_lock_is_taken_over_with_a_warning(tmp_path, caplog):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     locks.lock_path(out).write_text(f"{socket.gethostname()}:{int(dead.stdout)}\n")
     with caplog.at_level(logging.WARNING):
-        work, resume = outputs.start(out, "sft", {"seed": 0})
+        work, resume = outputs.start(out, "sft", {"seed": 0}, [])
     assert "taking over the lock" in caplog.text and not resume
     assert locks.lock_path(out).read_text().strip().endswith(f":{os.getpid()}")
     outputs.finish(work, out)
@@ -52,7 +52,7 @@ def test_a_lock_from_another_host_is_not_taken_over(tmp_path):
     out = tmp_path / "rm"
     locks.lock_path(out).write_text("some-other-host:1\n")
     with pytest.raises(PipelineError, match="pid 1 on some-other-host"):
-        outputs.start(out, "rm", {})
+        outputs.start(out, "rm", {}, [])
 
 
 def test_a_second_run_on_a_held_folder_exits_2_in_one_line(models, tmp_path, capsys):

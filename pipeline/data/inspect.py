@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline import outputs
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
+from pipeline.inputs import recipe_paths
 
 
 def _check_own_folder(folder: Path, inputs: list[Path]) -> None:
@@ -32,7 +33,7 @@ def run(
 ) -> dict:
     """The load report and first example as one JSON object; the rows as JSONL in `output_dir` when given."""
     if output_dir:
-        _check_own_folder(Path(output_dir), [Path(card), *outputs.recipe_paths({"data_files": data_files})])
+        _check_own_folder(Path(output_dir), [Path(card), *recipe_paths({"data_files": data_files})])
     dataset, report = load_card(card, split, data_files, max_rows)
     summary = {**asdict(report), "columns": dataset.column_names, "first_example": dataset[0]}
     if output_dir:

@@ -19,9 +19,10 @@ from pipeline.configs import ScriptArguments
 from pipeline.data import load_card, read_card
 from pipeline.data.fitting import fit_prompts
 from pipeline.data.loading import raw_split
-from pipeline.distributed import engine, local_part, rank_divergence, require_engine
+from pipeline.distributed import engine, local_part, num_machines, rank_divergence, require_engine
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.evaluation import evaluate_policy
+from pipeline.inputs import recipe_paths
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class LogAtCheckpoints(TrainerCallback):
 def start_work(training_args: TrainingArguments, stage: str, recipe: dict) -> tuple[Path, bool, str]:
     """(work folder, whether to resume it, final output folder): the trainer writes into `<output_dir>.partial`."""
     output_dir = training_args.output_dir
-    work, resume = outputs.start(output_dir, stage, recipe)
+    work, resume = outputs.start(output_dir, stage, recipe, recipe_paths(recipe))
     training_args.output_dir = str(work)
     # The Trainer pickles its arguments into every checkpoint and the output (training_args.bin); pushes
     # take the token from the environment or the login cache (pipeline/hub.py), so a recipe's is dropped
@@ -210,6 +211,7 @@ def train_evaluate_save(
         "train_steps": result.global_step,
         "effective_batch_size": effective,
         "num_processes": args.world_size,
+        "num_machines": num_machines(),
         "engine": engine(trainer.accelerator),
     }
     if given_rows is not None:

@@ -20,6 +20,7 @@ from pipeline.answers import Answers, answer
 from pipeline.data import load_card
 from pipeline.errors import PipelineError
 from pipeline.evaluation import RULE, compare
+from pipeline.inputs import recipe_paths
 from pipeline.intervals import MIN_VALUES
 from pipeline.models import (
     check_chat_template,
@@ -192,7 +193,7 @@ def run(config: EvalConfig) -> dict:
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=config.policies[base_name]), config.trust_remote_code)
     check_chat_template(tokenizer.chat_template, config.policies[base_name], assistant_only_loss=False)
     recipe = {k: v for k, v in vars(config).items() if k != "output_dir"}
-    work, _ = outputs.start(config.output_dir, "eval", recipe)
+    work, _ = outputs.start(config.output_dir, "eval", recipe, recipe_paths(recipe))
 
     for name, path in config.policies.items():
         require_same_vocabulary(tokenizer, path, name, base_name, config.trust_remote_code)

@@ -20,6 +20,7 @@ from trl import ModelConfig
 from pipeline import outputs
 from pipeline.configs import LabelConfig
 from pipeline.data import load_card
+from pipeline.inputs import recipe_paths
 from pipeline.models import load_policy, load_tokenizer
 from pipeline.precision import hold_frozen
 from pipeline.sampling import generate
@@ -35,7 +36,7 @@ def _pairs(rows: list[dict]) -> list[tuple[float, float]]:
 
 def run(config: LabelConfig, recipe: dict) -> dict:
     started = time.monotonic()
-    work, _ = outputs.start(config.output_dir, "label", recipe)
+    work, _ = outputs.start(config.output_dir, "label", recipe, recipe_paths(recipe))
 
     # Prompts: the comparison split, the same number per family (a small family's prompts recur, each
     # time with fresh samples), so no family dominates the comparisons

@@ -18,9 +18,10 @@ from trl import ModelConfig
 from pipeline import outputs
 from pipeline.configs import PPOConfig, ScriptArguments
 from pipeline.data import load_card
-from pipeline.distributed import engine, rank_divergence, require_engine
+from pipeline.distributed import engine, num_machines, rank_divergence, require_engine
 from pipeline.errors import PipelineError
 from pipeline.evaluation import compare
+from pipeline.inputs import recipe_paths
 from pipeline.ppo import checkpoint
 from pipeline.ppo.evaluation import policy_and_sft_answers, ptx_losses
 from pipeline.ppo.models import load_models
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, recipe: dict) -> dict:
     # Output folder: work happens in <output_dir>.partial; a rerun of the same recipe resumes its last checkpoint
-    work, resume = outputs.start(args.output_dir, "ppo", recipe)
+    work, resume = outputs.start(args.output_dir, "ppo", recipe, recipe_paths(recipe))
     accelerator = _accelerator(args, work, recipe)
     set_seed(args.seed)
 
@@ -162,6 +163,7 @@ def _training_metrics(trainer: PPOTrainer, seconds: float, steps_run: int, sandb
         "train_runtime": seconds,
         "final_kl_coef": trainer.kl_controller.value,
         "num_processes": accelerator.num_processes,
+        "num_machines": num_machines(),
         "engine": engine(accelerator),
     }
     if sandbox:

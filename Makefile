@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 CHAIN ?= sandbox
 
-.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx rloo grpo demo demo-smollm2 eval report merge push gpu-check gpu-check-engines bench test test-fast lint clean-demo
+.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx dpo rloo grpo demo demo-smollm2 eval report merge push gpu-check gpu-check-engines bench test test-fast lint clean-demo
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ ppo-ptx: setup
 	$(call stage,ppo-ptx,ppo,recipes/sandbox/ppo/config_ptx.yaml)
 
 # TRL's RLOOTrainer and GRPOTrainer on the same prompts and reward model.
+# DPO on the comparisons the RM trains on, beside PPO (no reward model).
+dpo: setup
+	$(call stage,dpo,dpo,recipes/sandbox/dpo/config_demo.yaml)
+
 rloo: setup
 	$(call stage,rloo,rloo,recipes/sandbox/rloo/config_demo.yaml)
 

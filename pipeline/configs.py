@@ -67,6 +67,19 @@ class ScriptArguments:
 
 
 @dataclass
+class PreferencePairArguments:
+    """Which pairs of a ranked list the dpo stage trains on."""
+
+    preference_pairs: Literal["all", "best_vs_rest", "best_vs_worst"] = field(
+        default="all",
+        metadata={
+            "help": "Of K ranked responses: all K(K-1)/2 pairs (as the RM trains), the best against each of the "
+            "K-1 others, or the best against the worst."
+        },
+    )
+
+
+@dataclass
 class TinyModelConfig:
     """Shape of the sandbox's tiny Llama base model and its tokenizer (the `base` stage)."""
 

@@ -88,6 +88,13 @@ _STAGES = (
         "reward model",
     ),
     Command(
+        "dpo",
+        "pipeline.stages.dpo:run",
+        "direct preference optimisation on the comparisons (TRL's DPOTrainer)",
+        (*_TRAINED, "PreferencePairArguments", "trl:DPOConfig"),
+        "DPO",
+    ),
+    Command(
         "ppo", "pipeline.stages.ppo:run", "PPO and PPO-ptx against the reward model", (*_TRAINED, "PPOConfig"), "PPO"
     ),
     Command(

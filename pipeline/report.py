@@ -190,39 +190,77 @@ def gold_by_family(evaluation: dict, colors: dict[str, str], figures: Path) -> s
     return _save(figure, figures / "gold_by_family.png")
 
 
-def _headline(evaluation: dict) -> list[str]:
-    """One line per policy: gold greedy and sampled, its paired difference and win-rate against the reference."""
+def _figure(value: dict | None, sign: str = "") -> str:
+    """A mean with its interval, as a table cell."""
+    if value is None:
+        return "-"
+    if value["ci"] is None:
+        return f"{value['mean']:{sign}.3f}"
+    return f"{value['mean']:{sign}.3f} [{value['ci'][0]:{sign}.3f}, {value['ci'][1]:{sign}.3f}]"
+
+
+def training_cost(folder: Path, stage: str) -> tuple[float | None, str]:
+    """(training seconds, what the stage trained on) from a policy's output folder."""
+    metrics = _json(folder / outputs.METRICS_FILE)
+    seconds, steps = metrics.get("train_runtime"), metrics.get("train_steps", 0)
+    seen = steps * metrics.get("effective_batch_size", 0)
+    if not steps:
+        return seconds, "-"
+    if stage == "ppo":
+        return seconds, f"{metrics.get('episodes', 0):,} episodes"
+    if stage in ("rloo", "grpo"):
+        # TRL's batch is completions, each used num_iterations times
+        used = seen // outputs.read_recipe_file(folder).get("num_iterations", 1)
+        return seconds, f"{used:,} completions"
+    if stage == "dpo":
+        return seconds, f"{seen:,} pairs ({metrics.get('train_rows', 0):,} distinct)"
+    if stage == "sft":
+        return seconds, f"{seen:,} demonstrations"
+    return seconds, "-"
+
+
+def side_by_side(evaluation: dict, steps: dict[str, Step]) -> list[str]:
+    """Every evaluated policy in one table against the reference (SFT): gold greedy and sampled, paired
+    differences and win-rates with intervals, KL, and what its training cost; RM-picked best-of-n of the
+    reference's samples below them. `steps`: the chain step that made each policy, by its evaluation name."""
     reference, policies = evaluation.get("reference"), evaluation.get("policies", {})
     if reference is None or "gold" not in policies.get(reference, {}):
         return []
-
-    def figure(value: dict, sign: str = "+") -> str:
-        if value["ci"] is None:
-            return f"{value['mean']:{sign}.3f} (no interval)"
-        return f"{value['mean']:{sign}.3f} [{value['ci'][0]:{sign}.3f}, {value['ci'][1]:{sign}.3f}]"
-
-    ref = policies[reference]
     lines = [
         f"On {evaluation['prompts']} held-out prompts; gold = the sandbox judge (0.5 correctness + 0.5 style); "
-        "brackets: 95% bootstrap intervals over prompts, paired by prompt for differences. "
-        f"{reference}: gold {ref['gold']['mean']:.3f} greedy"
-        + (f", {ref['gold_sampled']['mean']:.3f} sampled." if "gold_sampled" in ref else "."),
+        f"brackets: 95% bootstrap intervals over prompts, paired by prompt for differences and win-rates "
+        f"(gold, greedy answers); KL to {reference} in nats per answer; training seconds as the stage measured them.",
         "",
+        f"| policy | gold greedy | gold sampled | greedy - {reference} | sampled - {reference} | win vs {reference} "
+        f"| win vs rule | KL to {reference} | training s | trained on |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in evaluation.get("names", list(policies)):
         policy = policies[name]
-        if name in (reference, "base") or "gold" not in policy:
+        if "gold" not in policy:
             continue
-        line = f"- **{name}**: gold {policy['gold']['mean']:.3f}, minus {reference}'s "
-        line += figure(evaluation["gold_difference"][name][reference]) + " greedy"
-        if name in evaluation.get("gold_sampled_difference", {}):
-            line += ", " + figure(evaluation["gold_sampled_difference"][name][reference]) + " sampled"
-        line += f"; gold win-rate {figure(evaluation['gold_win_rate'][name][reference], '')}"
-        if name != "rule" and "rule" in evaluation["gold_win_rate"][name]:
-            line += f", against the rule baseline {figure(evaluation['gold_win_rate'][name]['rule'], '')}"
-        if "kl_to_reference" in policy:
-            line += f"; KL to {reference} {policy['kl_to_reference']['mean']:.2f} nats"
-        lines.append(line)
+        own = name == reference
+        difference = evaluation.get("gold_difference", {}).get(name, {}).get(reference)
+        sampled = evaluation.get("gold_sampled_difference", {}).get(name, {}).get(reference)
+        wins = evaluation.get("gold_win_rate", {}).get(name, {})
+        step = steps.get(name)
+        seconds, data = training_cost(step.output, _stage(step)) if step is not None else (None, "-")
+        cells = [
+            _figure(policy["gold"]),
+            _figure(policy.get("gold_sampled")),
+            "-" if own else _figure(difference, "+"),
+            "-" if own else _figure(sampled, "+"),
+            "-" if own else _figure(wins.get(reference)),
+            "-" if name == "rule" else _figure(wins.get("rule")),
+            _figure(policy.get("kl_to_reference")),
+            f"{seconds:.0f}" if seconds is not None else "-",
+            data,
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for point in evaluation.get("best_of_n", []):
+        if point["n"] in (4, 16) and "rm_picked_gold" in point:
+            cells = ["-", _figure(point["rm_picked_gold"]), "-", "-", "-", "-", f"{point['kl']:.3f}", "-", "-"]
+            lines.append(f"| best-of-{point['n']} of {reference}, RM picks | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -273,11 +311,13 @@ def write(chain: str | Chain) -> Path:
     evaluation_step = next((step for step in reversed(chain.steps) if _stage(step) == "eval"), None)
     evaluation = _json(evaluation_step.output / outputs.METRICS_FILE) if evaluation_step else {}
     lines = [f"# RLHF demo report: {chain.name} chain, `{run_dir}`", ""]
-    headline = _headline(evaluation)
+    names = _policy_names(evaluation_step)
+    made_by = {names[step.output]: step for step in chain.steps if step.output in names}
+    headline = side_by_side(evaluation, made_by)
     if headline:
-        lines += ["## Headline", "", *headline, ""]
+        lines += ["## Every method side by side", "", *headline, ""]
     lines += ["## Stages", "", *_stage_table(status)]
-    runs = rl_runs(current, _policy_names(evaluation_step))
+    runs = rl_runs(current, names)
     colors = _colors([*evaluation.get("names", evaluation.get("policies", [])), *runs])
     sections = (
         ("Training curves", training_curves(list(status), figures)),

@@ -116,6 +116,14 @@ MUTATIONS = [
         "tests/test_rm_integration.py::test_the_smoke_rm_learns_a_preference_it_can_see_on_held_out_pairs",
     ),
     Mutation(
+        "DPO trained with chosen and rejected swapped",
+        "pipeline/stages/dpo.py",
+        "train_dataset = select_pairs(train_dataset, pair_args.preference_pairs)",
+        "train_dataset = select_pairs(train_dataset, pair_args.preference_pairs).rename_columns(\n"
+        '        {"chosen": "rejected", "rejected": "chosen"}\n    )',
+        "tests/test_dpo.py::test_dpo_learns_a_preference_it_can_see_and_publishes_a_causal_lm",
+    ),
+    Mutation(
         "RLOO/GRPO given the RM's score negated",
         "pipeline/stages/online_rl.py",
         "        return response_rewards(plain(scorer), reader, prompts,"

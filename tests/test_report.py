@@ -55,7 +55,8 @@ def _run(tmp_path, with_ppo=True):
                 for s in range(1, 9)
             ]
             _jsonl(tmp_path / stage / "log.jsonl", rows)
-            (tmp_path / stage / "metrics.json").write_text("{}")
+            trained = {"train_runtime": 61.7, "train_steps": 8, "episodes": 512}
+            (tmp_path / stage / "metrics.json").write_text(json.dumps(trained))
     answers = {"sft": _answers(0.0, 3), "ppo": _answers(0.4, 1)} if with_ppo else {"sft": _answers(0.0, 1)}
     evaluation, _ = compare(PROMPTS, answers, "sft", sandbox=True, temperature=1.0)
     (tmp_path / "eval").mkdir()
@@ -80,7 +81,11 @@ def test_report_links_every_figure_and_the_evaluation(tmp_path):
         assert f"(figures/{name}.png)" in text
         height, width, _ = matplotlib.image.imread(tmp_path / "figures" / f"{name}.png").shape
         assert width > 600 and height > 300
-    assert "- **ppo**: gold " in text and "sampled; gold win-rate" in text  # the headline, with intervals
+    # every method in one table: gold, its differences and win-rates against SFT, KL, what its training cost
+    assert "| policy | gold greedy | gold sampled | greedy - sft | sampled - sft | win vs sft | win vs rule |" in text
+    ppo_row = next(line for line in text.splitlines() if line.startswith("| ppo | "))
+    assert ppo_row.endswith("| 62 | 512 episodes |") and ppo_row.count(" | ") == 9
+    assert "| sft | 0.917 | 0.861 | - | - | - | 0.250 |" in text and "| best-of-" not in text  # 3 samples: no n of 4
     assert (
         "| sft | 12 s | stale: an input changed since |" in text
         and "## Evaluation on 2 prompts" in text

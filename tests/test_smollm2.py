@@ -8,14 +8,17 @@ a 49k vocabulary, long templated prompts), and a smoke chain SFT -> merge -> RM 
 import copy
 import json
 
+import datasets
 import pytest
 import torch
 import yaml
+from peft import LoraConfig
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-from trl import SFTConfig, SFTTrainer
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from pipeline.cli import main
 from pipeline.data import load_card
+from pipeline.reward import reward_ids
 from pipeline.sampling import encode_prompts, left_pad, response_logprobs, sample
 from pipeline.scoring import score_sequences
 from tests.conftest import ROOT, log, metrics, stage_args
@@ -173,3 +176,34 @@ def test_the_demos_template_without_a_system_turn_is_read_where_the_rm_trains(po
         [{"role": "user", "content": "x"}], tokenize=False
     )
     check_one_sequence_per_answer(tokenizer, tmp_path, monkeypatch)
+
+
+def test_dpo_scores_the_sequences_the_reward_model_trains_on(policy, tmp_path):
+    """DPO's chosen and rejected sequences are, token for token, what trl.RewardTrainer trains the RM on (and
+    PPO and eval score): the prompt and the answer through the chat template whole, ChatML's `<|im_end|>` and
+    newline included. A LoRA config keeps TRL from loading a second copy as the reference."""
+    model, tokenizer = policy
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = (
+        ROOT / yaml.safe_load((RECIPES / "sft/config_demo.yaml").read_text())["chat_template_path"]
+    ).read_text()
+    prompt = [{"role": "user", "content": "Reverse the word tree."}]
+    pairs = [
+        {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": "eert"}],
+            "rejected": [{"role": "assistant", "content": "Sure! tree"}],
+        }
+    ]
+    args = DPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_length=128)
+    trainer = DPOTrainer(
+        model=copy.deepcopy(model),
+        args=args,
+        train_dataset=datasets.Dataset.from_list(pairs),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj"]),
+    )
+    row = trainer.train_dataset[0]
+    for side in ("chosen", "rejected"):
+        assert row["prompt_ids"] + row[f"{side}_ids"] == reward_ids(tokenizer, prompt + pairs[0][side])
+    assert row["chosen_ids"][-2:] == [tokenizer.eos_token_id, *tokenizer.encode("\n", add_special_tokens=False)]

@@ -222,7 +222,9 @@ def train_evaluate_save(
     if trainer.eval_dataset is not None and len(trainer.eval_dataset) == 0:
         logger.warning("%s: every held-out row is longer than max_length: no eval_loss", script_args.dataset_card)
     elif trainer.eval_dataset is not None:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        found = trainer.evaluate()
+        # DPOTrainer's implicit reward, beta x log(policy / reference), on the held-out pairs
+        metrics.update({k: v for k, v in found.items() if k == "eval_loss" or k.startswith("eval_rewards/")})
     with trainer.accelerator.autocast():  # in training's precision
         if script_args.sandbox_eval_prompts:
             metrics.update(

@@ -64,9 +64,10 @@ def test_until_runs_a_stage_and_only_what_it_reads():
     assert [s.name for s in chain.needed_for(steps, "ppo-ptx")] == ["base", "sft", "label", "rm", "ppo-ptx"]
     assert [s.name for s in chain.needed_for(steps, "sft")] == ["base", "sft"]
     assert [s.name for s in chain.needed_for(steps, "rloo")] == ["base", "sft", "label", "rm", "rloo"]
+    assert [s.name for s in chain.needed_for(steps, "dpo")] == ["base", "sft", "label", "dpo"]  # no RM
     assert [s.name for s in chain.needed_for(steps, "eval")] == [s.name for s in steps if s.in_whole_chain]
-    with pytest.raises(PipelineError, match="no stage 'dpo'"):
-        chain.needed_for(steps, "dpo")
+    with pytest.raises(PipelineError, match="no stage 'kto'"):
+        chain.needed_for(steps, "kto")
 
 
 def test_needs_runs_what_a_recipe_reads_from_its_path_keys_and_its_data_card():

@@ -11,6 +11,7 @@ import pytest
 from pipeline import locks, outputs
 from pipeline.cli import main
 from pipeline.errors import PipelineError
+from pipeline.inputs import recipe_paths
 from tests.conftest import SMOKE, ppo_args, stage_args
 from tests.test_bad_inputs import refused
 
@@ -92,13 +93,17 @@ def test_finish_replaces_only_a_finished_output(tmp_path):
     assert (target / "model.safetensors").read_text() == "new" and not work.exists()
 
 
-def test_a_run_resumes_only_when_its_data_files_hold_what_they_held(tmp_path):
+@pytest.mark.parametrize("through", ["data_files", "dataset_card"])
+def test_a_run_resumes_only_when_its_data_files_hold_what_they_held(through, tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"text": "a"}\n')
-    out, recipe = tmp_path / "run", {"data_files": str(rows), "seed": 0}
+    card = tmp_path / "card.md"  # the recipe names the card; the card names the file
+    card.write_text(f"---\nname: x\nformat: text\nlicense: mit\nsource:\n  local:\n    train: {rows}\n---\n")
+    out, recipe = tmp_path / "run", {through: str(rows if through == "data_files" else card), "seed": 0}
+    assert rows in recipe_paths(recipe)
 
     def start() -> bool:
-        work, resume = outputs.start(out, "sft", recipe)
+        work, resume = outputs.start(out, "sft", recipe, recipe_paths(recipe))
         locks.release(out)
         return resume
 

@@ -1,7 +1,6 @@
 import yaml
 
 from pipeline import outputs
-from pipeline.inputs import recipe_paths
 
 
 def test_a_checkpoint_counts_only_with_its_trainer_state(tmp_path):
@@ -28,21 +27,6 @@ def test_start_resumes_only_the_same_recipe(tmp_path):
     work, resume = outputs.start(out, "sft", {"learning_rate": 2e-3}, [])
     assert not resume and not (work / "checkpoint-10").exists()
     assert yaml.safe_load((work / "recipe.yaml").read_text()) == {"stage": "sft", "learning_rate": 2e-3}
-
-
-def test_a_run_resumes_only_on_the_data_files_its_card_named_when_it_began(tmp_path):
-    rows = tmp_path / "train.jsonl"
-    rows.write_text('{"text": "a"}\n')
-    card = tmp_path / "card.md"
-    card.write_text(f"---\nname: x\nformat: text\nlicense: mit\nsource:\n  local:\n    train: {rows}\n---\n")
-    recipe, out = {"dataset_card": str(card)}, tmp_path / "sft"
-    assert recipe_paths(recipe) == [card, rows]
-    work, _ = outputs.start(out, "sft", recipe, recipe_paths(recipe))
-    (work / "checkpoint-10").mkdir()
-    (work / "checkpoint-10" / "trainer_state.json").write_text("{}")
-    assert outputs.start(out, "sft", recipe, recipe_paths(recipe)) == (work, True)
-    rows.write_text('{"text": "b"}\n')  # the card unchanged, its data edited
-    assert outputs.start(out, "sft", recipe, recipe_paths(recipe)) == (work, False)
 
 
 def test_finish_replaces_the_old_output_atomically(tmp_path):

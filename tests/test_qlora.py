@@ -1,4 +1,4 @@
-"""QLoRA: LoRA adapters on 4-bit NF4 weights (bitsandbytes runs 4-bit on this CPU) for SFT, the RM and PPO."""
+"""QLoRA: LoRA adapters on 4-bit NF4 weights (bitsandbytes runs 4-bit on this CPU) for SFT, the RM, DPO and PPO."""
 
 import json
 
@@ -25,7 +25,7 @@ def test_4bit_loading_quantizes_the_linear_layers_and_needs_lora(runs):
         prepare_quantized(model, args, activation_checkpointing=False)
 
 
-def test_qlora_sft_rm_and_ppo_train_adapters_on_4bit_weights(runs, tmp_path, monkeypatch):
+def test_qlora_sft_rm_dpo_and_ppo_train_adapters_on_4bit_weights(runs, tmp_path, monkeypatch):
     sft = tmp_path / "sft"
     args = stage_args("sft", SMOKE / "sft/config_smoke.yaml", model_name_or_path=runs / "base", output_dir=sft)
     assert main([*args, *sum(([f"--{k}", str(v)] for k, v in QLORA.items()), []), "--max_steps", "4"]) == 0
@@ -39,6 +39,13 @@ def test_qlora_sft_rm_and_ppo_train_adapters_on_4bit_weights(runs, tmp_path, mon
         score = [k for k in weights.keys() if "score" in k]  # noqa: SIM118 (safe_open is not iterable)
         assert score and weights.get_tensor(score[0]).isfinite().all()
     assert metrics(rm)["eval_pairs"] > 0
+
+    dpo = tmp_path / "dpo"
+    args = stage_args("dpo", SMOKE / "dpo/config_smoke.yaml", model_name_or_path=runs / "sft", output_dir=dpo, **QLORA)
+    assert main([*args, "--max_steps", "4"]) == 0
+    found = metrics(dpo)
+    assert found["train_steps"] == 4 and 0 <= found["eval_rewards/accuracies"] <= 1
+    assert json.loads((dpo / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
 
     kinds = {}
     train = PPOTrainer.train

@@ -213,7 +213,8 @@ def training_cost(folder: Path, stage: str) -> tuple[float | None, str]:
         used = seen // outputs.read_recipe_file(folder).get("num_iterations", 1)
         return seconds, f"{used:,} completions"
     if stage == "dpo":
-        return seconds, f"{seen:,} pairs ({metrics.get('train_rows', 0):,} distinct)"
+        rows = metrics.get("train_rows") or seen
+        return seconds, f"{seen:,} pairs ({seen / rows:.1f} epochs of {rows:,})"
     if stage == "sft":
         return seconds, f"{seen:,} demonstrations"
     return seconds, "-"

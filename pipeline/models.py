@@ -146,7 +146,7 @@ def check_chat_template_path(path: str, assistant_only_loss: bool, trust_remote_
     elif where.is_dir():
         tokenizer = load_tokenizer(ModelConfig(model_name_or_path=path), trust_remote_code)
         check_chat_template(tokenizer.chat_template, path, assistant_only_loss)
-    elif where.suffix or not _HUB_ID.match(path) or Path(where.parts[0]).is_dir():
+    elif where.suffix in (".jinja", ".j2", ".txt") or not _HUB_ID.match(path) or Path(where.parts[0]).is_dir():
         raise PipelineError(f"chat_template_path {path}: no such file or folder")
 
 

@@ -1,5 +1,6 @@
 """The dpo stage (trl.DPOTrainer): which pairs of a ranked list it takes, that it learns a preference it can
-see, that its LoRA reference is the adapter disabled, and that it resumes after SIGKILL as if never stopped."""
+see, that its LoRA reference is the adapter disabled, that it resumes after SIGKILL as if never stopped, and
+that 2 processes take the steps of one."""
 
 import datasets
 import pytest
@@ -9,7 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.cli import main
 from pipeline.stages.dpo import pair_indices, select_pairs
-from tests.conftest import SMOKE, metrics, stage_args
+from scripts.engine_matrix import launch
+from tests.conftest import SMOKE, check, log, metrics, stage_args
 from tests.test_resume import assert_same_outputs, kill_twice_and_finish
 
 RECIPE = SMOKE / "dpo/config_smoke.yaml"
@@ -74,3 +76,19 @@ def test_dpo_resumes_to_the_uninterrupted_model(runs, dpo_run, tmp_path, caplog)
     # checkpoints at steps 10 and 20 of 20: killed in step 16, then while checkpoint-20 is written
     assert "resuming from the last checkpoint" in kill_twice_and_finish(args, 15, 20, caplog)
     assert_same_outputs(out, dpo_run)
+
+
+@pytest.mark.slow  # 2 processes under accelerate launch
+def test_dpo_on_two_processes_takes_the_steps_of_one_process_with_the_same_global_batch(runs, dpo_run, tmp_path):
+    out = tmp_path / "ddp"
+    args = stage_args("dpo", RECIPE, model_name_or_path=runs / "sft", output_dir=out, per_device_train_batch_size=8)
+    check(launch(args))
+    two, one = metrics(out), metrics(dpo_run)
+    assert (two["num_processes"], two["effective_batch_size"], two["rank_divergence"]) == (2, 16, 0.0)
+    # the same 16 pairs a step until the epoch ends at step 12.5 (200 pairs): there accelerate fills the last
+    # batch of 2 processes with the epoch's first rows (even_batches), so later steps see other batches
+    for a, b in zip(log(dpo_run)[:2], log(out)[:2], strict=True):
+        assert (a["step"], a["num_tokens"]) == (b["step"], b["num_tokens"]) and a["loss"] == pytest.approx(
+            b["loss"], rel=1e-5
+        )
+    assert two["eval_rewards/accuracies"] >= 0.9 and one["eval_rewards/accuracies"] >= 0.9

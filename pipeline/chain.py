@@ -193,10 +193,11 @@ def fingerprint(step: Step) -> str:
     digest = hashlib.sha256(json.dumps(step.argv).encode())
     for arg in step.argv:
         if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
-            digest.update(Path(arg).read_bytes())
+            text = Path(arg).read_bytes()
+            digest.update(text)
             try:
-                recipe = reading.read_yaml(arg)
-            except PipelineError:
+                recipe = reading.parse_yaml(text.decode("utf-8"), arg)
+            except (UnicodeDecodeError, PipelineError):
                 continue  # the stage itself will say what is wrong with it
             if isinstance(recipe, dict):
                 for path in sorted({path for path in recipe_paths(recipe) if path.is_file()}):

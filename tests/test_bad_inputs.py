@@ -247,12 +247,18 @@ def test_4bit_without_lora(runs, tmp_path, capsys):
     refused(argv, capsys, "set use_peft: true", output=tmp_path / "out")
 
 
-def test_a_tokenizer_without_a_chat_template(runs, tmp_path, capsys):
-    base = shutil.copytree(runs / "base", tmp_path / "base")
-    (base / "chat_template.jinja").unlink(missing_ok=True)
-    config = json.loads((base / "tokenizer_config.json").read_text())
+def without_chat_template(model: Path, copy: Path) -> Path:
+    """A copy of a model folder whose tokenizer has no chat template."""
+    shutil.copytree(model, copy)
+    (copy / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((copy / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
-    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_a_tokenizer_without_a_chat_template(runs, tmp_path, capsys):
+    base = without_chat_template(runs / "base", tmp_path / "base")
     refused(
         sft(tmp_path, model_name_or_path=base),
         capsys,
@@ -543,11 +549,7 @@ def test_a_chat_template_path_that_is_missing_or_not_jinja(runs, tmp_path, capsy
 
 
 def test_eval_of_a_policy_without_a_chat_template(runs, tmp_path, capsys):
-    bare = shutil.copytree(runs / "sft", tmp_path / "bare")
-    (bare / "chat_template.jinja").unlink(missing_ok=True)
-    config = json.loads((bare / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    bare = without_chat_template(runs / "sft", tmp_path / "bare")
     out = tmp_path / "eval"
     refused(
         ["eval", "--policies", f"bare={bare}", "--output_dir", out], capsys, "bare has no chat template", output=out

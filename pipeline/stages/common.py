@@ -13,6 +13,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from trl import ModelConfig, get_peft_config
 
 from pipeline import outputs
 from pipeline.configs import ScriptArguments
@@ -23,6 +24,8 @@ from pipeline.distributed import engine, local_part, num_machines, rank_divergen
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.evaluation import evaluate_policy
 from pipeline.inputs import recipe_paths
+from pipeline.models import load_causal_lm, prepare_quantized
+from pipeline.precision import hold_frozen, trainable_in_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -247,3 +250,35 @@ def train_evaluate_save(
         outputs.finish(work, output_dir)
         logger.info("wrote %s: %s", output_dir, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
     return metrics
+
+
+def train_policy(
+    trainer_class: type[Trainer],
+    script_args: ScriptArguments,
+    model_args: ModelConfig,
+    training_args: TrainingArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: datasets.Dataset,
+    eval_dataset: datasets.Dataset | None,
+    work: Path,
+    resume: bool,
+    output_dir: str,
+) -> dict:
+    """Load the causal LM, train it with a TRL trainer (SFTTrainer, DPOTrainer), evaluate and save.
+
+    Full weights (fp32 masters under bf16), or a LoRA adapter on a frozen base (bf16 under bf16; 4-bit with
+    load_in_4bit), which the trainer wraps from `model_args`' PEFT config.
+    """
+    lora_bf16 = training_args.bf16 and model_args.use_peft
+    model = hold_frozen(load_causal_lm(model_args, training_args.trust_remote_code), lora_bf16)
+    model = prepare_quantized(model, model_args, training_args.activation_checkpointing)
+    trainer = trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainable_in_fp32(trainer.model, lora_bf16)
+    return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir, given_rows=len(train_dataset))

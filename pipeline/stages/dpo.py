@@ -10,17 +10,11 @@ or QLoRA; `loss_type` and `beta` are TRL's.
 from __future__ import annotations
 
 import datasets
-from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
+from trl import DPOConfig, DPOTrainer, ModelConfig
 
 from pipeline.configs import PreferencePairArguments, ScriptArguments
-from pipeline.models import (
-    check_chat_template,
-    load_causal_lm,
-    load_tokenizer,
-    prepare_quantized,
-)
-from pipeline.precision import hold_frozen, trainable_in_fp32
-from pipeline.stages.common import fit_long_prompts, load_datasets, start_work, train_evaluate_save
+from pipeline.models import check_chat_template, load_tokenizer
+from pipeline.stages.common import fit_long_prompts, load_datasets, start_work, train_policy
 
 
 def pair_indices(rows: list[dict], which: str) -> list[int]:
@@ -76,19 +70,16 @@ def run(
     )
 
     # Model: full weights (TRL loads the frozen reference from the same folder), or a LoRA adapter whose base,
-    # with the adapter disabled, is the reference
-    lora_bf16 = training_args.bf16 and model_args.use_peft
-    model = hold_frozen(load_causal_lm(model_args, training_args.trust_remote_code), lora_bf16)
-    model = prepare_quantized(model, model_args, training_args.activation_checkpointing)
-
-    # Train, evaluate (held-out loss and implicit-reward accuracy), save
-    trainer = DPOTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+    # with the adapter disabled, is the reference; train, evaluate (held-out loss and implicit-reward accuracy), save
+    return train_policy(
+        DPOTrainer,
+        script_args,
+        model_args,
+        training_args,
+        tokenizer,
+        train_dataset,
+        eval_dataset,
+        work,
+        resume,
+        output_dir,
     )
-    trainable_in_fp32(trainer.model, lora_bf16)
-    return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir, given_rows=len(train_dataset))

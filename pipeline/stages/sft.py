@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from pipeline.configs import ScriptArguments
-from pipeline.models import (
-    check_chat_template,
-    check_chat_template_path,
-    load_causal_lm,
-    load_tokenizer,
-    prepare_quantized,
-)
-from pipeline.precision import hold_frozen, trainable_in_fp32
-from pipeline.stages.common import fit_long_prompts, load_datasets, start_work, train_evaluate_save
+from pipeline.models import check_chat_template, check_chat_template_path, load_tokenizer
+from pipeline.stages.common import fit_long_prompts, load_datasets, start_work, train_policy
 
 
 def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SFTConfig, recipe: dict) -> dict:
@@ -36,20 +29,16 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, training_args: SF
         script_args, tokenizer, training_args.max_length, train_dataset, eval_dataset
     )
 
-    # Model: full weights (fp32 masters under bf16), or a LoRA adapter on a frozen base (bf16 under bf16; 4-bit with
-    # load_in_4bit)
-    lora_bf16 = training_args.bf16 and model_args.use_peft
-    model = hold_frozen(load_causal_lm(model_args, training_args.trust_remote_code), lora_bf16)
-    model = prepare_quantized(model, model_args, training_args.activation_checkpointing)
-
-    # Train, evaluate, save
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+    # Model (full weights, LoRA or QLoRA); train, evaluate, save
+    return train_policy(
+        SFTTrainer,
+        script_args,
+        model_args,
+        training_args,
+        tokenizer,
+        train_dataset,
+        eval_dataset,
+        work,
+        resume,
+        output_dir,
     )
-    trainable_in_fp32(trainer.model, lora_bf16)
-    return train_evaluate_save(trainer, tokenizer, script_args, work, resume, output_dir, given_rows=len(train_dataset))

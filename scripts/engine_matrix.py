@@ -1,4 +1,4 @@
-"""SFT, RM and PPO (full weights and LoRA) under DeepSpeed ZeRO-2, ZeRO-3 and FSDP2, each against DDP.
+"""SFT, RM, PPO (full weights and LoRA) and DPO under DeepSpeed ZeRO-2, ZeRO-3 and FSDP2, each against DDP.
 
 One stage on 2 processes per run, launched as `make ... ACCELERATE_CONFIG=` launches it; under ZeRO-3
 and FSDP2 the run is first killed (SIGKILL) a step after its first checkpoint and then resumed, so the
@@ -24,10 +24,11 @@ from pipeline import outputs
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "sandbox"
 ACCELERATE_CONFIGS = ROOT / "recipes" / "accelerate_configs"
-STAGES = ("sft", "rm", "ppo", "ppo_lora")
+STAGES = ("sft", "rm", "ppo", "ppo_lora", "dpo")
 ENGINES = {"zero2": "DEEPSPEED ZeRO-2", "zero3": "DEEPSPEED ZeRO-3", "fsdp": "FSDP2"}
 RESUMED = ("zero3", "fsdp")
-KILL_AT = {"sft": 30, "rm": 20, "ppo": 2, "ppo_lora": 2}  # a step after the first checkpoint: 25, 15, 2, 2
+# A step after the first checkpoint: 25, 15, 2, 2, 10
+KILL_AT = {"sft": 30, "rm": 20, "ppo": 2, "ppo_lora": 2, "dpo": 11}
 
 
 def free_port() -> int:
@@ -55,7 +56,7 @@ def launch(
 def stage_args(stage: str, base: Path, sft: Path, rm: Path, out: Path, *extra: str) -> list[str]:
     """A smoke recipe of `stage` for 2 processes, with the global batch of its 1-process run.
 
-    `base` trains SFT, `sft` the RM and PPO's policy, `rm` PPO's reward and value models; `extra` are
+    `base` trains SFT, `sft` the RM, DPO and PPO's policy, `rm` PPO's reward and value models; `extra` are
     further `--key value` overrides.
     """
     if stage == "sft":
@@ -64,6 +65,9 @@ def stage_args(stage: str, base: Path, sft: Path, rm: Path, out: Path, *extra: s
     elif stage == "rm":
         recipe = ["rm", "--config", SMOKE / "rm/config_smoke.yaml", "--model_name_or_path", sft]
         recipe += ["--per_device_train_batch_size", 12]
+    elif stage == "dpo":
+        recipe = ["dpo", "--config", SMOKE / "dpo/config_smoke.yaml", "--model_name_or_path", sft]
+        recipe += ["--per_device_train_batch_size", 8]
     else:
         recipe = ["ppo", "--config", SMOKE / "ppo/config_smoke.yaml", "--sft_model_path", sft]
         # No clipping: DeepSpeed's engine clips the policy's and the value model's gradients as one, DDP each alone
@@ -128,8 +132,10 @@ def compare(stage: str, got: Path, ddp: Path) -> dict:
     mine, theirs = metrics(got), metrics(ddp)
     row: dict = {"engine": mine.get("engine"), "rank_divergence": mine.get("rank_divergence")}
     row["steps"] = (mine["train_steps"], theirs["train_steps"])
-    if stage in ("sft", "rm"):
-        keys = [k for k in ("train_loss", "eval_loss", "eval_accuracy", "gold_mean") if k in theirs]
+    if stage in ("sft", "rm", "dpo"):
+        keys = [
+            k for k in ("train_loss", "eval_loss", "eval_accuracy", "eval_rewards/margins", "gold_mean") if k in theirs
+        ]
         row["metrics_relative"] = max(_relative(mine[k], theirs[k]) for k in keys)
     else:
         steps, expected = log(got), log(ddp)

@@ -10,8 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.cli import main
 from pipeline.stages.dpo import pair_indices, select_pairs
-from scripts.engine_matrix import launch
-from tests.conftest import SMOKE, check, log, metrics, stage_args
+from tests.conftest import SMOKE, log, metrics, stage_args
 from tests.test_resume import assert_same_outputs, kill_twice_and_finish
 
 RECIPE = SMOKE / "dpo/config_smoke.yaml"
@@ -48,7 +47,7 @@ def test_dpo_learns_a_preference_it_can_see_and_publishes_a_causal_lm(runs, dpo_
     # its implicit reward, beta x log(policy / SFT), orders the held-out pairs (measured: 60 of 60; swapping
     # chosen and rejected in the loss takes it to 0, scripts/mutations.py)
     assert found["eval_rewards/accuracies"] >= 0.9 and found["eval_rewards/margins"] > 1.0
-    assert found["train_rows"] == 200 and found["train_steps"] == 20
+    assert found["train_rows"] == 200 and found["train_steps"] == 20 and found["eval_rows"] == 60
     trained = AutoModelForCausalLM.from_pretrained(dpo_run)
     sft = AutoModelForCausalLM.from_pretrained(runs / "sft")
     moved = [n for n, p in trained.named_parameters() if not torch.equal(p, sft.get_parameter(n))]
@@ -79,10 +78,8 @@ def test_dpo_resumes_to_the_uninterrupted_model(runs, dpo_run, tmp_path, caplog)
 
 
 @pytest.mark.slow  # 2 processes under accelerate launch
-def test_dpo_on_two_processes_takes_the_steps_of_one_process_with_the_same_global_batch(runs, dpo_run, tmp_path):
-    out = tmp_path / "ddp"
-    args = stage_args("dpo", RECIPE, model_name_or_path=runs / "sft", output_dir=out, per_device_train_batch_size=8)
-    check(launch(args))
+def test_dpo_on_two_processes_takes_the_steps_of_one_process_with_the_same_global_batch(dpo_run, ddp_runs):
+    out = ddp_runs["dpo"]  # the smoke recipe, 8 pairs a process (the engine matrix's DDP run)
     two, one = metrics(out), metrics(dpo_run)
     assert (two["num_processes"], two["effective_batch_size"], two["rank_divergence"]) == (2, 16, 0.0)
     # the same 16 pairs a step until the epoch ends at step 12.5 (200 pairs): there accelerate fills the last

@@ -1,4 +1,5 @@
-"""SFT, RM and PPO (full weights and LoRA) under DeepSpeed ZeRO-2, ZeRO-3 and FSDP2 on 2 CPU processes.
+"""SFT, RM and PPO (full weights and LoRA) under DeepSpeed ZeRO-2, ZeRO-3 and FSDP2, and DPO under ZeRO-3, on 2
+CPU processes.
 
 Each run is compared with the DDP run of the same stage (`ddp_runs`, multi_cpu.yaml) through
 scripts/engine_matrix.py, which `make gpu-check-engines` runs on GPUs too. Under ZeRO-3 and FSDP2 the run is
@@ -17,8 +18,12 @@ from tests.conftest import two_process_args
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("stage", STAGES)
+# DPO under ZeRO-3 only, killed and resumed (the suite's time); under ZeRO-2 and FSDP2 by hand (docs/scaling.md)
+# and in `make gpu-check-engines`
+CASES = [(stage, engine) for stage in STAGES for engine in ENGINES if stage != "dpo" or engine == "zero3"]
+
+
+@pytest.mark.parametrize(("stage", "engine"), CASES)
 def test_stage_under_engine_matches_ddp(stage, engine, runs, ddp_runs, tmp_path):
     out = tmp_path / stage
     failed, log = run(two_process_args(stage, runs, out), engine, engine in RESUMED, KILL_AT[stage])

@@ -228,6 +228,7 @@ def train_evaluate_save(
         found = trainer.evaluate()
         # DPOTrainer's implicit reward, beta x log(policy / reference), on the held-out pairs
         metrics.update({k: v for k, v in found.items() if k == "eval_loss" or k.startswith("eval_rewards/")})
+        metrics["eval_rows"] = len(trainer.eval_dataset)
     with trainer.accelerator.autocast():  # in training's precision
         if script_args.sandbox_eval_prompts:
             metrics.update(

@@ -18,8 +18,8 @@ from tests.conftest import two_process_args
 pytestmark = pytest.mark.slow
 
 
-# DPO under ZeRO-3 only, killed and resumed (the suite's time); under ZeRO-2 and FSDP2 by hand (docs/scaling.md)
-# and in `make gpu-check-engines`
+# DPO under ZeRO-3 only, killed and resumed (the suite's time); under ZeRO-2 and FSDP2 it passed the same test
+# by hand (docs/scaling.md), and `make gpu-check-engines` runs all three
 CASES = [(stage, engine) for stage in STAGES for engine in ENGINES if stage != "dpo" or engine == "zero3"]
 
 

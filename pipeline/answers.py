@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from pipeline.reward import RewardReader, response_rewards
-from pipeline.sampling import Called, decode, encode_prompts, left_pad, response_logprobs, sample
+from pipeline.sampling import Called, Engine, decode, encode_prompts, left_pad, response_logprobs, sample
 
 
 @dataclass
@@ -55,9 +55,11 @@ def answer(
     synced: bool = False,
     description: str = "evaluating",
     progress: bool = True,
+    engine: Engine | None = None,
 ) -> Answers:
     """Greedy answers and `num_samples` answers per prompt sampled at `temperature`, with their RM scores
-    (the RM reads `reward_conversations`) and, against `reference`, the sampled answers' KL."""
+    (the RM reads `reward_conversations`) and, against `reference`, the sampled answers' KL; `engine`: who
+    draws the tokens (`sampling.sample`)."""
     model, context = policy
     pad, device = tokenizer.pad_token_id, model.device
     answers = Answers()
@@ -71,7 +73,12 @@ def answer(
         chunk = conversations[start : start + batch_size]
         queries, query_mask = (t.to(device) for t in left_pad(encode_prompts(tokenizer, chunk), pad))
         with context():
-            greedy = sample(model, queries, query_mask, max_new_tokens, 0.0, stop_token_id, pad, synced=synced)
+            greedy = sample(
+                *(model, queries, query_mask, max_new_tokens, 0.0, stop_token_id, pad),
+                synced=synced,
+                engine=engine,
+                logprobs=False,
+            )
         texts, finished = decode(tokenizer, greedy.responses, greedy.mask, stop_token_id)
         answers.texts += texts
         answers.finished += finished
@@ -85,7 +92,10 @@ def answer(
         for part in rows.split(batch_size):
             q, qm = queries[part], query_mask[part]
             with context():
-                drawn = sample(model, q, qm, max_new_tokens, temperature, stop_token_id, pad, generator, synced)
+                drawn = sample(
+                    *(model, q, qm, max_new_tokens, temperature, stop_token_id, pad, generator, synced, engine),
+                    logprobs=reference is not None,
+                )
             part_texts, part_finished = decode(tokenizer, drawn.responses, drawn.mask, stop_token_id)
             texts += part_texts
             finished += part_finished

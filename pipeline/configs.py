@@ -115,6 +115,9 @@ class LabelConfig:
     bf16: bool = field(
         default=False, metadata={"help": "Sample with the policy's weights in bf16 (auto: by hardware)."}
     )
+    generation_engine: str = field(
+        default="torch", metadata={"help": "Who samples: torch (the pipeline's sampler) or vllm (make setup-vllm)."}
+    )
     seed: int = 0
 
 
@@ -141,6 +144,10 @@ class PPOConfig(TrainingArguments):
         metadata={"help": "Tokens a prompt keeps after the chat template, its last ones (counted in the log)."},
     )
     temperature: float = 1.0
+    generation_engine: Literal["torch", "vllm"] = field(
+        default="torch",
+        metadata={"help": "Who samples rollouts: torch (the pipeline's sampler) or vllm (make setup-vllm)."},
+    )
     stop_token: Literal["eos"] | None = field(default="eos", metadata={"help": "Truncate responses after it."})
     missing_eos_penalty: float | None = field(
         default=None, metadata={"help": "Subtracted from the (normalised) score of a response without EOS."}

@@ -131,6 +131,12 @@ _OTHERS = (
             arg("--temperature", type=float, default=1.0, help="sampling temperature (1: the policy itself)"),
             arg("--batch_size", type=int, default=100),
             arg("--bf16", choices=("auto", "true", "false"), default="false", help="sample with bf16 weights"),
+            arg(
+                "--generation_engine",
+                choices=("torch", "vllm"),
+                default="torch",
+                help="who samples: the pipeline's sampler, or vLLM (`make setup-vllm`)",
+            ),
             arg("--seed", type=int, default=0),
             arg("--output_dir", default="outputs/demo/eval"),
             arg("--trust_remote_code", action="store_true"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from accelerate.utils import reduce
@@ -59,8 +60,8 @@ def decode(
 class Samples:
     responses: torch.Tensor  # (batch, length) token ids, `pad_token_id` after the stop token
     mask: torch.Tensor  # 1 up to and including the stop token
-    logprobs: torch.Tensor  # log p(token) at the sampling temperature
-    entropy: torch.Tensor  # entropy of each step's sampling distribution
+    logprobs: torch.Tensor | None  # log p(token) at the sampling temperature (None: not asked of an engine)
+    entropy: torch.Tensor | None  # entropy of each step's sampling distribution
 
 
 @torch.no_grad()
@@ -74,6 +75,8 @@ def sample(
     pad_token_id: int,
     generator: torch.Generator | None = None,
     synced: bool = False,
+    engine: Engine | None = None,
+    logprobs: bool = True,
 ) -> Samples:
     """Responses to left-padded queries, with the log-probs of the sampled tokens (temperature 0: greedy).
 
@@ -82,7 +85,16 @@ def sample(
     `synced`: every rank goes on until all ranks are done. Sharded weights (ZeRO-3, FSDP) need it, as
     their forward passes gather the weights together; it also keeps the random streams, and so a run,
     the same under every engine.
+    With an `engine` (vLLM), the engine draws the tokens (seeded from `generator`, else by its own
+    stream) and `model` scores them in one pass (unless `logprobs` is False: that pass costs about
+    what the engine's sampling does): the log-probs are the model's, whatever the engine's numerics.
     """
+    if engine is not None:
+        return _sample_with(
+            *(engine, model, queries, query_mask, max_new_tokens, temperature, stop_token_id, pad_token_id),
+            generator,
+            logprobs,
+        )
     batch = len(queries)
     mask = query_mask.clone()
     finished = torch.zeros(batch, dtype=torch.bool, device=queries.device)
@@ -117,6 +129,44 @@ def sample(
     return Samples(
         responses, response_mask(responses, stop_token_id), torch.stack(logprobs, 1), torch.stack(entropies, 1)
     )
+
+
+class Engine(Protocol):
+    """A generation engine other than `sample`'s own loop (`vllm_engine.VLLMEngine`): token ids in and out."""
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        temperature: float,
+        max_new_tokens: int,
+        stop_token_id: int | None,
+        seed: int | None = None,
+    ) -> list[list[int]]: ...
+
+
+def _sample_with(
+    engine: Engine,
+    model: PreTrainedModel,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    stop_token_id: int | None,
+    pad_token_id: int,
+    generator: torch.Generator | None,
+    logprobs: bool,
+) -> Samples:
+    prompts = [q[m.bool()].tolist() for q, m in zip(queries, query_mask, strict=True)]
+    # Seeds from `generator`: the draws follow its state, which a checkpoint keeps
+    seed = None if generator is None else int(torch.randint(2**31, (1,), generator=generator, device=generator.device))
+    rows = engine.generate(prompts, 1, temperature, max_new_tokens, stop_token_id, seed)
+    width = max(map(len, rows))
+    responses = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], device=queries.device)
+    mask = response_mask(responses, stop_token_id)
+    if not logprobs:
+        return Samples(responses, mask, None, None)
+    return Samples(responses, mask, *response_logprobs(model, queries, query_mask, responses, mask, temperature))
 
 
 def response_logprobs(
@@ -157,8 +207,10 @@ def generate(
     batch_size: int,
     temperature: float = 0.0,
     description: str = "generating",
+    engine: Engine | None = None,
 ) -> list[Completion]:
-    """One completion per conversational prompt, up to EOS; temperature 0 is greedy, else torch's global RNG."""
+    """One completion per conversational prompt, up to EOS; temperature 0 is greedy, else torch's global RNG
+    (or the `engine`'s seeded stream)."""
     was_training = model.training
     model.eval()
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -169,7 +221,12 @@ def generate(
         for start in tqdm(range(0, len(prompts), batch_size), desc=description, unit="batch"):
             ids = encode_prompts(tokenizer, prompts[start : start + batch_size])
             queries, query_mask = (t.to(model.device) for t in left_pad(ids, pad))
-            samples = sample(model, queries, query_mask, max_new_tokens, temperature, eos, pad, synced=synced)
+            samples = sample(
+                *(model, queries, query_mask, max_new_tokens, temperature, eos, pad),
+                synced=synced,
+                engine=engine,
+                logprobs=False,
+            )
             texts, finished = decode(tokenizer, samples.responses, samples.mask, eos)
             lengths = samples.mask.sum(1).long().tolist()
             completions += [Completion(t, f, n - f) for t, f, n in zip(texts, finished, lengths, strict=True)]

@@ -59,6 +59,7 @@ from pipeline.sampling import (
     sampling_generator,
 )
 from pipeline.scoring import response_values, trained_score_head
+from pipeline.vllm_engine import VLLMEngine
 
 logger = logging.getLogger(__name__)
 # (prompts, responses, finished) -> gold scores: the sandbox judge, logged along the run when given.
@@ -147,17 +148,21 @@ class PPOTrainer:
         gold_fn: GoldFn | None = None,
         reward_reader: RewardReader | None = None,
         prompt_groups: list[str] | None = None,
+        vllm: VLLMEngine | None = None,
     ) -> None:
         """`ref_policy` None: the LoRA policy with its adapter off; `reward_model` None: likewise the value model.
 
         `reward_stats`: the mean and std that `normalize_reward` divides by (None: the first rollout's scores);
         `reward_reader`: how the reward model reads a response (default: the policy's tokenizer, no length);
-        `prompt_groups`: a label per prompt (the sandbox's task family), whose mix each update logs.
+        `prompt_groups`: a label per prompt (the sandbox's task family), whose mix each update logs;
+        `vllm`: the engine that samples rollouts (None: `sampling.sample`), given the policy's weights
+        before each rollout that follows an update.
         """
         self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
         self.prompts, self.gold_fn, self.work = prompts, gold_fn, work
         self.reward_reader, self.prompt_groups = reward_reader or RewardReader(tokenizer), prompt_groups
         self.reward_stats = reward_stats
+        self.vllm, self.vllm_step = vllm, None  # the step whose weights the engine holds
         self.query_ids = encode_prompts(tokenizer, prompts)
         if args.max_prompt_length is not None:
             # From the left: the end holds the turn the response answers and the assistant's header
@@ -366,10 +371,11 @@ class PPOTrainer:
                     pad,
                     self.sampling_generator,
                     synced=self.synced,
+                    engine=self.vllm,
                 )
                 responses, mask = samples.responses, samples.mask
                 logprobs, entropy = samples.logprobs, samples.entropy
-                if self.accelerator.mixed_precision != "no":
+                if self.accelerator.mixed_precision != "no" and self.vllm is None:
                     # bf16 and fp16 round the sampler's one-token passes differently from learning's pass over
                     # the whole sequence: the log-probs come from a pass like the latter, so updates start at ratio 1
                     logprobs, entropy = response_logprobs(policy, q, qm, responses, mask, args.temperature)
@@ -454,10 +460,20 @@ class PPOTrainer:
             )
         return mean, std
 
+    def _sync_engine(self) -> float:
+        """Give the vLLM engine the policy's weights if an update (or a resume) changed them: seconds taken."""
+        if self.vllm is None or self.vllm_step == self.step:
+            return 0.0
+        started = time.monotonic()
+        self.vllm.load_weights(self.policy)
+        self.vllm_step = self.step
+        return time.monotonic() - started
+
     @torch.no_grad()
     def rollout(self, step: int) -> tuple[Rollout, dict[str, float]]:
         """Sample responses for the step's prompts, score them, and turn scores and KL into advantages."""
         args, device = self.args, self.accelerator.device
+        sync_seconds = self._sync_engine()
         indices = self._batch_indices(step)
         queries, query_mask = left_pad([self.query_ids[i] for i in indices], self.tokenizer.pad_token_id)
         queries, query_mask = queries.to(device), query_mask.to(device)
@@ -504,6 +520,8 @@ class PPOTrainer:
             # rank has the key (the keys must match across ranks); one rollout has no order
             if len(indices) > 1:
                 stats["objective/rm_gold_spearman"] = spearman(batch["scores"].tolist(), gold.tolist())
+        if self.vllm is not None:
+            stats["time/weight_sync"] = sync_seconds
         if self.prompt_groups is not None:
             groups = Counter(self.prompt_groups[i] for i in indices)
             stats.update({f"prompts/{g}": groups[g] / len(indices) for g in sorted(set(self.prompt_groups))})

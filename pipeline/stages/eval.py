@@ -9,6 +9,7 @@ side by side.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,10 @@ from pipeline.models import (
 )
 from pipeline.precision import hold_frozen, pick_bf16
 from pipeline.reward import load_reward_reader
-from pipeline.sampling import plain, sampling_generator
+from pipeline.sampling import encode_prompts, plain, sampling_generator
 from pipeline.sandbox.evaluation import is_sandbox
 from pipeline.sandbox.tasks import test_prompts
+from pipeline.vllm_engine import check_engine, open_engine
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class EvalConfig:
     seed: int = 0
     trust_remote_code: bool = False
     bf16: bool = False  # every model's weights in bf16
+    generation_engine: str = "torch"  # or vllm: one engine process, each policy's weights loaded in turn
 
 
 def parse_policies(specs: list[str]) -> dict[str, str]:
@@ -193,6 +196,7 @@ def run(config: EvalConfig) -> dict:
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=config.policies[base_name]), config.trust_remote_code)
     check_chat_template(tokenizer.chat_template, config.policies[base_name], assistant_only_loss=False)
     recipe = {k: v for k, v in vars(config).items() if k != "output_dir"}
+    check_engine(config.generation_engine)
     work, _ = outputs.start(config.output_dir, "eval", recipe, recipe_paths(recipe))
 
     for name, path in config.policies.items():
@@ -210,32 +214,47 @@ def run(config: EvalConfig) -> dict:
         reader = load_reward_reader(config.reward_model, tokenizer, config.trust_remote_code)
 
     answers: dict[str, Answers] = {}
-    for name, path in config.policies.items():
-        is_reference = name == config.reference
-        if is_reference:
-            policy = reference
-        else:
-            policy = hold_frozen(load_policy(path, model_args, config.trust_remote_code), config.bf16)
-        # In the sandbox the reference draws enough samples for best-of-n (its sampled gold uses them all)
-        frontier = is_reference and sandbox and reward_model is not None
-        num_samples = max(config.num_samples, config.best_of_n if frontier else 0)
-        answers[name] = answer(
-            plain(policy.eval()),
-            tokenizer,
-            conversations,
-            config.max_new_tokens,
-            config.batch_size,
-            tokenizer.eos_token_id,
-            num_samples=num_samples,
-            temperature=config.temperature,
-            generator=sampling_generator(policy.device, config.seed),
-            reward_model=None if reward_model is None else plain(reward_model),
-            reward_reader=reader,
-            reference=None if is_reference or reference is None else plain(reference),
-            description=f"evaluating {name}",
-        )
-        if is_reference:
-            answers[name].kl = [0.0] * len(conversations)
+    engine, prompt_ids = None, encode_prompts(tokenizer, conversations)
+    with contextlib.ExitStack() as stack:
+        for name, path in config.policies.items():
+            is_reference = name == config.reference
+            if is_reference:
+                policy = reference
+            else:
+                policy = hold_frozen(load_policy(path, model_args, config.trust_remote_code), config.bf16)
+            # vLLM: one engine process, each policy's weights loaded in turn (a policy of another shape: a new one)
+            if engine is not None and engine.serves(policy):
+                engine.load_weights(policy)
+            else:
+                if engine is not None:
+                    engine.close()
+                engine = stack.enter_context(
+                    open_engine(
+                        *(config.generation_engine, policy, prompt_ids, config.max_new_tokens, config.batch_size),
+                        config.seed,
+                    )
+                )
+            # In the sandbox the reference draws enough samples for best-of-n (its sampled gold uses them all)
+            frontier = is_reference and sandbox and reward_model is not None
+            num_samples = max(config.num_samples, config.best_of_n if frontier else 0)
+            answers[name] = answer(
+                plain(policy.eval()),
+                tokenizer,
+                conversations,
+                config.max_new_tokens,
+                config.batch_size,
+                tokenizer.eos_token_id,
+                num_samples=num_samples,
+                temperature=config.temperature,
+                generator=sampling_generator(policy.device, config.seed),
+                reward_model=None if reward_model is None else plain(reward_model),
+                reward_reader=reader,
+                reference=None if is_reference or reference is None else plain(reference),
+                description=f"evaluating {name}",
+                engine=engine,
+            )
+            if is_reference:
+                answers[name].kl = [0.0] * len(conversations)
 
     metrics, samples = compare(conversations, answers, config.reference, sandbox, config.temperature, config.seed)
     outputs.write_jsonl(work / outputs.EVAL_SAMPLES_FILE, samples)

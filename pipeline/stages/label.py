@@ -23,9 +23,10 @@ from pipeline.data import load_card
 from pipeline.inputs import recipe_paths
 from pipeline.models import load_policy, load_tokenizer
 from pipeline.precision import hold_frozen
-from pipeline.sampling import generate
+from pipeline.sampling import encode_prompts, generate
 from pipeline.sandbox import Labeler, bayes_accuracy, parse_prompt
 from pipeline.sandbox.comparisons import contrast_pair, ranked_row
+from pipeline.vllm_engine import check_engine, open_engine
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def _pairs(rows: list[dict]) -> list[tuple[float, float]]:
 
 def run(config: LabelConfig, recipe: dict) -> dict:
     started = time.monotonic()
+    check_engine(config.generation_engine)
     work, _ = outputs.start(config.output_dir, "label", recipe, recipe_paths(recipe))
 
     # Prompts: the comparison split, the same number per family (a small family's prompts recur, each
@@ -54,15 +56,20 @@ def run(config: LabelConfig, recipe: dict) -> dict:
     model = hold_frozen(load_policy(config.model_name_or_path, ModelConfig(dtype="auto")), config.bf16)
     k = config.num_responses
     conversations = [[{"role": "user", "content": p}] for p in prompts for _ in range(k)]
-    completions = generate(
-        model,
-        tokenizer,
-        conversations,
-        config.max_new_tokens,
-        config.generation_batch_size,
-        temperature=config.temperature,
-        description=f"sampling {k} responses x {len(prompts)} prompts",
-    )
+    query_ids = encode_prompts(tokenizer, conversations[::k])
+    with open_engine(
+        config.generation_engine, model, query_ids, config.max_new_tokens, config.generation_batch_size, config.seed
+    ) as engine:
+        completions = generate(
+            model,
+            tokenizer,
+            conversations,
+            config.max_new_tokens,
+            config.generation_batch_size,
+            temperature=config.temperature,
+            description=f"sampling {k} responses x {len(prompts)} prompts",
+            engine=engine,
+        )
 
     # Labels: gold scores, then the noisy labeler's ranking of each prompt's K responses
     labeler = Labeler(config.labeler_temperature, seed=config.seed)

@@ -7,12 +7,14 @@ gold judge is logged beside the reward model's score, and prompts are balanced o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
-from transformers import set_seed
+from transformers import PreTrainedTokenizerBase, set_seed
 from trl import ModelConfig
 
 from pipeline import outputs
@@ -27,15 +29,18 @@ from pipeline.ppo.evaluation import policy_and_sft_answers, ptx_losses
 from pipeline.ppo.models import load_models
 from pipeline.ppo.trainer import PPOTrainer
 from pipeline.reward import reward_statistics
+from pipeline.sampling import encode_prompts
 from pipeline.sandbox.evaluation import balanced_indices, family, gold_rewards, is_sandbox
 from pipeline.sandbox.tasks import test_prompts
 from pipeline.stages.common import check_publishable, require_held_out
+from pipeline.vllm_engine import VLLMEngine, check_engine, open_engine
 
 logger = logging.getLogger(__name__)
 
 
 def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, recipe: dict) -> dict:
     # Output folder: work happens in <output_dir>.partial; a rerun of the same recipe resumes its last checkpoint
+    check_engine(args.generation_engine)
     work, resume = outputs.start(args.output_dir, "ppo", recipe, recipe_paths(recipe))
     accelerator = _accelerator(args, work, recipe)
     set_seed(args.seed)
@@ -50,7 +55,8 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     normalized = args.normalize_reward and not args.gold_reward_scale
     reward_stats = reward_statistics(args.reward_model_path) if normalized else None
 
-    # Train: rollouts, scores, clipped updates; checkpoints every save_steps
+    # Train: rollouts (sampled by the recipe's engine), scores, clipped updates; checkpoints every save_steps
+    vllm = _vllm_engine(args, accelerator, models.policy, models.tokenizer, prompts)
     trainer = PPOTrainer(
         args,
         accelerator,
@@ -66,11 +72,13 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         gold_fn=gold_rewards if sandbox else None,
         reward_reader=models.reward_reader,
         prompt_groups=[family(p) for p in prompts] if sandbox else None,
+        vllm=vllm,
     )
     if resume:
         trainer.resume()
     started, first_step = time.monotonic(), trainer.step
-    trainer.train()
+    with vllm or contextlib.nullcontext():
+        trainer.train()
     metrics = _training_metrics(trainer, time.monotonic() - started, trainer.step - first_step, sandbox)
     if trainer.reward_stats is not None:
         where = "the reward model's metrics" if reward_stats else "the first rollout"
@@ -96,6 +104,36 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
+
+
+def _vllm_engine(
+    args: PPOConfig,
+    accelerator: Accelerator,
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict]],
+) -> VLLMEngine | None:
+    """The vLLM engine of this process, if the recipe asks for one (every process samples its own rollouts)."""
+    if args.generation_engine != "vllm":
+        return None
+    if engine(accelerator).startswith(("DEEPSPEED ZeRO-3", "FSDP")):
+        raise PipelineError(
+            f"generation_engine vllm needs the policy's whole weights in every process, and {engine(accelerator)} "
+            "shards them: use DDP or ZeRO-2, or generation_engine torch"
+        )
+    query_ids = encode_prompts(tokenizer, prompts)
+    if args.max_prompt_length is not None:
+        query_ids = [ids[-args.max_prompt_length :] for ids in query_ids]
+    return open_engine(
+        "vllm",
+        policy,
+        query_ids,
+        args.response_length,
+        args.local_rollout_forward_batch_size,
+        args.seed + accelerator.process_index,
+        # The precision rollouts are scored in: the trainer's passes run under its autocast
+        dtype=torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32,
+    )
 
 
 def _accelerator(args: PPOConfig, work: Path, recipe: dict) -> Accelerator:

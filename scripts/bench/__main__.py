@@ -25,7 +25,7 @@ from typing import Any
 
 from scripts.bench import settings
 from scripts.bench.settings import FULL, LORA, LORA_KEYS, LORA_LEARNING_RATE, QUICK, ROOT, TRAINER_QUIET, Size
-from scripts.bench.table import markdown
+from scripts.bench.table import markdown, median_of
 from scripts.reward_head import untrained_reward_model
 
 Result = dict[str, Any]
@@ -212,6 +212,8 @@ def compare(run: Runner, size: Size, args: argparse.Namespace, bench: dict) -> d
     }
     runs["rollout"] = pairs(run, size.pairs, lambda _: (("rollout-ours", rollout), ("rollout-generate", rollout)))
     put(bench, "rollout_ratio_vs_generate", ratios(runs["rollout"], "tokens_per_second"))
+    if size.smollm2 and has_smollm2(args) and has_vllm():
+        compare_engines(run, size, args, bench, runs)
     return runs
 
 
@@ -255,6 +257,85 @@ def compare_precision(run: Runner, size: Size, args: argparse.Namespace, bench: 
     sampler = "rollout-ours"
     measure("smollm2_sampling_bf16_speedup", (sampler, rollout), (sampler, half), "tokens_per_second", invert=True)
     measure("smollm2_rollout_bf16_ratio_vs_generate", (sampler, half), ("rollout-generate", half), "tokens_per_second")
+
+
+def compare_engines(run: Runner, size: Size, args: argparse.Namespace, bench: dict, runs: dict) -> None:
+    """SmolLM2 sampled by vLLM against the pipeline's own sampler, in pairs (vLLM first): `vllm_*_speedup`."""
+    base, rm = args.smollm2, str(untrained_reward_model(args.smollm2, Path(args.output_dir) / "smollm2_rm"))
+
+    def measure(name: str, comparison: str, spec: Callable[[str], tuple[str, dict]], key: str, invert: bool) -> None:
+        if comparison not in runs:
+            runs[comparison] = pairs(run, size.pairs, lambda _: (spec("vllm"), spec("torch")))
+        put(bench, name, ratios(runs[comparison], key, invert))
+
+    # The sampler alone: 64 prompts x 24 tokens, bf16 weights (the engine's start is not timed)
+    rollout = {
+        "sft": base,
+        "prompts_card": "data_cards/sandbox_prompts.md",
+        "prompts_split": "ppo",
+        "rollout_batch": size.rollout_batch,
+        "rollout_repeats": size.rollout_repeats,
+        "max_new_tokens": 24,
+        "bf16": True,
+    }
+    sampler = {"vllm": "rollout-vllm", "torch": "rollout-ours"}
+    measure("vllm_sampling_speedup", "vllm_sampling", lambda e: (sampler[e], rollout), "tokens_per_second", False)
+
+    # PPO with the SmolLM2 demo's recipe (LoRA, fp32, 16 episodes an update), 4 updates
+    episodes = 64
+    overrides = {
+        "sft_model_path": base,
+        "reward_model_path": rm,
+        "total_episodes": episodes,
+        "normalize_reward": False,
+        "save_strategy": "no",
+        "sandbox_eval_prompts": 0,
+        "max_eval_samples": 4,
+    }
+
+    def ppo(engine: str) -> tuple[str, dict]:
+        recipe = str(settings.SMOLLM2 / "ppo/config_demo.yaml")
+        spec = {"recipe": recipe, "episodes": episodes, "gold_prompts": 0, "max_new_tokens": 0}
+        return "ppo-ours", {**spec, "overrides": {**overrides, "generation_engine": engine}}
+
+    measure("vllm_ppo_rollout_speedup", "vllm_ppo", ppo, "rollout_seconds_per_update", True)
+    measure("vllm_ppo_speedup", "vllm_ppo", ppo, "episodes_per_second", False)
+
+    # Whole stages, the engine's start included: the demo's label recipe on 140 prompts x 4 samples, and an
+    # evaluation of two policies (the second's KL to the first) on 50 prompts, greedy and 4 samples each
+    label = ["label", "--config", str(settings.SMOLLM2 / "label/config_demo.yaml"), "--model_name_or_path", base]
+    label += ["--prompts_per_family", "20"]
+    evaluation = ["eval", "--policies", f"sft={base}", f"policy={base}", "--num_prompts", "50", "--max_new_tokens"]
+    evaluation += ["24", "--batch_size", "50", "--num_samples", "4", "--best_of_n", "0", "--bf16", "auto"]
+    for stage, argv in (("label", label), ("eval", evaluation)):
+        measure(
+            f"vllm_{stage}_speedup",
+            f"vllm_{stage}",
+            lambda e, argv=argv: ("stage", {"argv": [*argv, "--generation_engine", e]}),
+            "seconds",
+            True,
+        )
+    bench["engine_memory_mb"] = [
+        {
+            "stage": stage,
+            "torch": median_of(runs[f"vllm_{stage}"], 1, "peak_rss_mb"),
+            "vllm": median_of(runs[f"vllm_{stage}"], 0, "peak_rss_mb"),
+            "vllm_engine": median_of(runs[f"vllm_{stage}"], 0, "engine_peak_rss_mb"),
+        }
+        for stage in ("label", "eval")
+    ]
+
+
+def has_vllm() -> bool:
+    from pipeline.errors import PipelineError
+    from pipeline.vllm_engine import vllm_python
+
+    try:
+        vllm_python()
+    except PipelineError as error:
+        print(f"{error}: the vLLM rows are left out", file=sys.stderr)
+        return False
+    return True
 
 
 def has_smollm2(args: argparse.Namespace) -> bool:
@@ -349,6 +430,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rm", default="outputs/demo/rm", help="the reward model")
     parser.add_argument("--smollm2", default="outputs/smollm2/base", help="SmolLM2-135M-Instruct, for its rows")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of every run")
+    parser.add_argument("--only", choices=("engines",), help="engines: only vLLM against our sampler (SmolLM2)")
     return parser.parse_args(argv)
 
 
@@ -372,8 +454,14 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(dir=output_dir, prefix="runs.") as work:
             run = Runner(Path(work), logs, args.threads, trl112)
             bench: dict[str, Any] = {"machine": machine(args.threads), "quick": args.quick, "pairs": size.pairs}
-            runs = compare(run, size, args, bench)
-            bench["memory_mb"] = memory(run, size, args, runs)
+            if args.only == "engines":
+                runs: dict[str, list] = {}
+                if has_smollm2(args) and has_vllm():
+                    compare_engines(run, size, args, bench, runs)
+                bench["memory_mb"] = []
+            else:
+                runs = compare(run, size, args, bench)
+                bench["memory_mb"] = memory(run, size, args, runs)
             bench["runs"] = runs
             bench["ppo_settings"] = size.ppo
             bench["wall_seconds"] = time.monotonic() - started

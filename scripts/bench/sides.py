@@ -217,6 +217,7 @@ def ppo_ours(spec: Spec) -> dict:
 
     phases, figures = Phases(), {}
     phases.wrap(ours, "sample", "rollout")
+    phases.wrap(ours.PPOTrainer, "_sync_engine", "rollout")  # vLLM's weight sync belongs to its rollouts
     for name in ("response_logprobs", "response_values", "response_rewards"):
         phases.wrap(ours, name, "scoring", no_grad_only=True)
     train = ours.PPOTrainer.train
@@ -363,6 +364,38 @@ def rollout_generate(spec: Spec) -> dict:
         return output[:, queries.shape[1] :].numel()
 
     return tokens_per_second(spec, once)
+
+
+@side("rollout-vllm")
+def rollout_vllm(spec: Spec) -> dict:
+    """vLLM (`generation_engine: vllm`) sampling the same batch to the same length; the engine's start not timed."""
+    from pipeline.vllm_engine import open_engine
+
+    model, tokenizer, queries, mask = rollout_batch(spec)
+    prompts = [q[m.bool()].tolist() for q, m in zip(queries, mask, strict=True)]
+    with open_engine("vllm", model, prompts, spec["max_new_tokens"], len(prompts), 0) as engine:
+
+        def once(seed: int) -> int:
+            rows = engine.generate(prompts, 1, 1.0, spec["max_new_tokens"], tokenizer.eos_token_id, seed=seed + 1)
+            return len(rows) * max(map(len, rows))  # as `rollout-ours` counts: every row to the longest
+
+        return tokens_per_second(spec, once)
+
+
+@side("stage")
+def stage_seconds(spec: Spec) -> dict:
+    """One pipeline command (`argv`), timed whole: seconds, and the peak memory of this process and of the
+    engine process it started, if any (a child, counted once it has ended)."""
+    from pipeline.cli import main
+
+    started = time.perf_counter()
+    if main([*spec["argv"], "--output_dir", str(Path(spec["work"]) / "out")]) != 0:
+        raise SystemExit(f"{spec['argv'][0]} failed")
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        "engine_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
 
 
 def main(argv: list[str]) -> int:

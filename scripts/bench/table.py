@@ -78,6 +78,15 @@ ROWS = (
         None,
     ),
 )
+# vLLM (`generation_engine: vllm`, the first side) against the pipeline's sampler on SmolLM2 (`compare_engines`)
+VLLM, SAMPLER = "vLLM speedup", (">=", 1.8)
+ROWS += (
+    ("SmolLM2 sampling tokens/s, bf16", "vllm_sampling_speedup", "vllm_sampling", "tokens_per_second", VLLM, SAMPLER),
+    ("SmolLM2 PPO rollout s", "vllm_ppo_rollout_speedup", "vllm_ppo", "rollout_seconds_per_update", VLLM, SAMPLER),
+    ("SmolLM2 PPO episodes/s", "vllm_ppo_speedup", "vllm_ppo", "episodes_per_second", VLLM, None),
+    ("SmolLM2 label seconds", "vllm_label_speedup", "vllm_label", "seconds", VLLM, FASTER),
+    ("SmolLM2 eval seconds", "vllm_eval_speedup", "vllm_eval", "seconds", VLLM, FASTER),
+)
 PPO_MODES = (
     ("ppo", "sandbox", "full"),
     ("ppo_lora", "sandbox", "LoRA"),
@@ -99,7 +108,7 @@ def _met(value: float, target: tuple[str, float] | None) -> str:
     return f"{sign} {bound}: {'met' if met else 'missed'}"
 
 
-def _median(runs: list, index: int, figure: str) -> float:
+def median_of(runs: list, index: int, figure: str) -> float:
     return statistics.median(pair[index][figure] for pair in runs)
 
 
@@ -119,13 +128,15 @@ def markdown(bench: dict[str, Any]) -> str:
     for row, key, comparison, figure, ratio, target in ROWS:
         if comparison not in runs:
             continue
-        ours, reference = _median(runs[comparison], 0, figure), _median(runs[comparison], 1, figure)
+        ours, reference = median_of(runs[comparison], 0, figure), median_of(runs[comparison], 1, figure)
         pairs = ", ".join(_number(v) for v in bench[f"{key}_pairs"])
         lines.append(
             f"| {row} | {_number(ours)} | {_number(reference)} | {_number(bench[key])} ({ratio}) | {pairs} | "
             f"{_met(bench[key], target)} |"
         )
     for mode, name in (("ppo", "PPO"), ("ppo_lora", "PPO LoRA")):
+        if f"{mode}_gold_gain" not in bench:  # --only engines
+            continue
         ours, theirs = bench[f"{mode}_gold_gain"], bench[f"{mode}_gold_gain_trl112"]
         pairs = zip(bench[f"{mode}_gold_gain_pairs"], bench[f"{mode}_gold_gain_trl112_pairs"], strict=True)
         gain = f"{name} gold gain over SFT ({bench['sft_gold']:.3f}); per seed: ours/TRL"
@@ -141,12 +152,13 @@ def markdown(bench: dict[str, Any]) -> str:
         "| model | weights | trainer | rollout | scoring | learning | total |",
         "|---|---|---|---|---|---|---|",
     ]
-    for mode, model, weights in PPO_MODES:
-        for index, trainer in ((0, "ours"), (1, "TRL 1.12")):
+    for mode, model, weights in (*PPO_MODES, ("vllm_ppo", "SmolLM2 demo recipe", "LoRA")):
+        trainers = ((0, "ours, vLLM"), (1, "ours, torch")) if mode == "vllm_ppo" else ((0, "ours"), (1, "TRL 1.12"))
+        for index, trainer in trainers:
             if mode not in runs:
                 continue
-            split = [_median(runs[mode], index, f"{phase}_seconds_per_update") for phase in PHASES]
-            total = _number(_median(runs[mode], index, "seconds_per_update"))
+            split = [median_of(runs[mode], index, f"{phase}_seconds_per_update") for phase in PHASES]
+            total = _number(median_of(runs[mode], index, "seconds_per_update"))
             lines.append(f"| {model} | {weights} | {trainer} | {' | '.join(_number(s) for s in split)} | {total} |")
     lines += [
         "",
@@ -161,4 +173,11 @@ def markdown(bench: dict[str, Any]) -> str:
     for (model, stage), modes in cells.items():
         values = [_number(modes[m]) if m in modes else "" for m in ("full", "lora", "qlora")]
         lines.append(f"| {model} | {stage} | {' | '.join(values)} |")
+    if bench.get("engine_memory_mb"):
+        lines += ["", "Peak RSS of SmolLM2 stages by engine (MB; vLLM's engine process apart):", ""]
+        lines += ["| stage | torch | vLLM: pipeline | vLLM: engine |", "|---|---|---|---|"]
+        lines += [
+            f"| {r['stage']} | {_number(r['torch'])} | {_number(r['vllm'])} | {_number(r['vllm_engine'])} |"
+            for r in bench["engine_memory_mb"]
+        ]
     return "\n".join(lines) + "\n"

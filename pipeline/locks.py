@@ -32,7 +32,8 @@ def _holder(path: Path) -> tuple[str, int] | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process of this machine is running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -54,7 +55,7 @@ def acquire(output_dir: str | Path) -> None:
             if holder == me:
                 _held.add(path)
                 return
-            if holder is not None and (holder[0] != me[0] or _alive(holder[1])):
+            if holder is not None and (holder[0] != me[0] or alive(holder[1])):
                 raise PipelineError(
                     f"{output_dir} is being written by another run (pid {holder[1]} on {holder[0]}); wait for "
                     f"it to end, or stop it; if it is gone, delete {path}"

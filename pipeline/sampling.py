@@ -137,7 +137,6 @@ class Engine(Protocol):
     def generate(
         self,
         prompts: list[list[int]],
-        n: int,
         temperature: float,
         max_new_tokens: int,
         stop_token_id: int | None,
@@ -160,7 +159,7 @@ def _sample_with(
     prompts = [q[m.bool()].tolist() for q, m in zip(queries, query_mask, strict=True)]
     # Seeds from `generator`: the draws follow its state, which a checkpoint keeps
     seed = None if generator is None else int(torch.randint(2**31, (1,), generator=generator, device=generator.device))
-    rows = engine.generate(prompts, 1, temperature, max_new_tokens, stop_token_id, seed)
+    rows = engine.generate(prompts, temperature, max_new_tokens, stop_token_id, seed)
     width = max(map(len, rows))
     responses = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], device=queries.device)
     mask = response_mask(responses, stop_token_id)

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
 from pipeline.errors import PipelineError
+from pipeline.locks import alive
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,17 @@ def open_engine(
     return VLLMEngine(model, max_model_len=max_model_len, sequences=sequences, seed=seed, dtype=dtype)
 
 
+def _scratch_folder() -> Path:
+    """A new folder for an engine's socket, log and weights, in /dev/shm where there is one (the weights pass
+    through memory, not the disk); those left by the engines of processes no longer running are removed."""
+    root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    for stale in root.glob("pipeline-vllm-*-*"):
+        pid = stale.name.split("-")[2]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"pipeline-vllm-{os.getpid()}-", dir=root))
+
+
 class VLLMEngine:
     """A vLLM engine process serving one policy; `close()` (or `with`) ends it."""
 
@@ -155,9 +167,7 @@ class VLLMEngine:
         self.dtype = dtype
         self._process: subprocess.Popen | None = None
         self._connection: Connection | None = None
-        # /dev/shm where there is one: the weights pass through memory, not the disk
-        shm = Path("/dev/shm")
-        self._dir = Path(tempfile.mkdtemp(prefix="pipeline-vllm-", dir=shm if shm.is_dir() else None))
+        self._dir = _scratch_folder()
         try:
             self._start(python, model, max_model_len, sequences, seed, kv_cache, gpu_memory_utilization, start_timeout)
         except BaseException:
@@ -242,29 +252,22 @@ class VLLMEngine:
     def generate(
         self,
         prompts: list[list[int]],
-        n: int,
         temperature: float,
         max_new_tokens: int,
         stop_token_id: int | None,
         seed: int | None = None,
     ) -> list[list[int]]:
-        """`n` responses (token ids, the stop token kept) to each prompt, prompt by prompt; temperature 0 is greedy.
-
-        `seed`: prompt i draws with seed + i (n must be 1: the CPU backend fails on a seeded n > 1); None: the
-        engine's own stream.
-        """
-        if seed is not None and n > 1:
-            raise ValueError("a seeded generate takes n = 1: repeat the prompts instead")
-        rows = self._request(
+        """A response (token ids, the stop token kept) to each prompt; temperature 0 is greedy. `seed`: prompt i
+        draws with seed + i (a seeded request of several samples fails on vLLM's CPU backend: repeat the prompt
+        instead); None: the engine's own stream."""
+        return self._request(
             "generate",
             prompts=prompts,
-            n=n,
             temperature=temperature,
             max_tokens=max_new_tokens,
             stop_token_ids=[] if stop_token_id is None else [stop_token_id],
             seed=seed,
         )
-        return [response for per_prompt in rows for response in per_prompt]
 
     def logprobs(self, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
         """vLLM's log-probs (temperature 1) of given responses after their prompts."""

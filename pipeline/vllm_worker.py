@@ -28,13 +28,12 @@ def _engine(model_dir: str, options: dict):
     )
 
 
-def _generate(llm, request: dict) -> list[list[list[int]]]:
+def _generate(llm, request: dict) -> list[list[int]]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     def sampling(seed: int | None) -> SamplingParams:
         return SamplingParams(
-            n=request["n"],
             temperature=request["temperature"],
             max_tokens=request["max_tokens"],
             stop_token_ids=request["stop_token_ids"],
@@ -47,7 +46,7 @@ def _generate(llm, request: dict) -> list[list[list[int]]]:
     seed = request["seed"]
     params = sampling(None) if seed is None else [sampling(seed + i) for i in range(len(prompts))]
     outputs = llm.generate(prompts, params, use_tqdm=False)
-    return [[list(c.token_ids) for c in out.outputs] for out in outputs]
+    return [list(out.outputs[0].token_ids) for out in outputs]
 
 
 def _logprobs(llm, request: dict) -> list[list[float]]:

@@ -2,7 +2,8 @@
 
 `make gpu-check` (`python -m scripts.gpu_check`) on a machine with one CUDA GPU; it is sized to take
 under 8 minutes. It runs the real stages in this process and reports, per stage, the wall time, the
-throughput and the peak GPU memory, then trains QLoRA (4-bit NF4 through bitsandbytes) for a few
+throughput and the peak GPU memory (PPO a second time with vLLM rollouts, where `make setup-vllm` installed
+it), then trains QLoRA (4-bit NF4 through bitsandbytes) for a few
 SFT steps, and writes everything to `<output_dir>/gpu_check.json`. `--tiny` runs the same steps with
 a tiny model on the CPU, which is how the tests keep this script working on machines without a GPU.
 
@@ -25,7 +26,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from pipeline.cli import main as pipeline
 from pipeline.data import load_card
+from pipeline.errors import PipelineError
 from pipeline.sandbox.tokenizer import train_tokenizer
+from pipeline.vllm_engine import check_engine
 from scripts import engine_matrix
 from scripts.reward_head import untrained_reward_model
 
@@ -168,6 +171,24 @@ def main(argv: list[str] | None = None) -> dict:
         kl_to_sft=metrics["eval"]["policies"]["ppo"]["kl_to_reference"]["mean"],
         gold_mean=metrics["eval"]["policies"]["ppo"]["gold_mean"],
     )
+
+    # The same PPO with vLLM rollouts (make setup-vllm; the CUDA build on a GPU): its episodes/s beside the above
+    if args.tiny:
+        results["ppo_vllm"] = {"skipped": "--tiny: tests/test_vllm.py covers the engine on the CPU"}
+    else:
+        try:
+            check_engine("vllm")
+        except PipelineError as error:
+            results["ppo_vllm"] = {"skipped": str(error)}
+        else:
+            vllm_dir = out / "ppo_vllm"
+            argv = [str(vllm_dir) if a == str(ppo_dir) else a for a in ppo] + ["--generation_engine", "vllm"]
+            metrics = stage("ppo_vllm", argv, results, vllm_dir)
+            results["ppo_vllm"].update(
+                seconds_per_update=metrics["seconds_per_step"],
+                episodes_per_second=round(metrics["episodes"] / metrics["train_runtime"], 1),
+                kl_to_sft=metrics["eval"]["policies"]["ppo"]["kl_to_reference"]["mean"],
+            )
 
     # QLoRA: the base in 4-bit NF4 (bitsandbytes), a LoRA adapter trained on it in bf16
     qlora_dir = out / "qlora"

@@ -132,6 +132,20 @@ MUTATIONS = [
         ' [c[0]["content"].strip() for c in completions])\n        return [-r for r in rewards]',
         "tests/test_online_rl.py::test_rloo_and_grpo_raise_the_score_of_a_trained_reward_model_and_only_log_the_gold_judge",
     ),
+    Mutation(
+        "vLLM engine never given the policy's updated weights",
+        "pipeline/ppo/trainer.py",
+        "self.vllm.load_weights(self.policy)",
+        "pass",
+        "tests/test_vllm.py::test_vllm_rollouts_start_each_update_at_ratio_1_and_the_engine_holds_the_policy",
+    ),
+    Mutation(
+        "vLLM engine's lm_head left tied to the embeddings (a reload updates only the embeddings)",
+        "pipeline/vllm_engine.py",
+        'values["tie_word_embeddings"] = False',
+        "pass",
+        "tests/test_vllm.py::test_vllm_rollouts_start_each_update_at_ratio_1_and_the_engine_holds_the_policy",
+    ),
 ]
 
 
@@ -149,7 +163,9 @@ def copy_tree(destination: Path) -> None:
         if source.is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / name)
-    (destination / ".venv").symlink_to(ROOT / ".venv")
+    for venv in (".venv", ".venv-vllm"):
+        if (ROOT / venv).exists():
+            (destination / venv).symlink_to(ROOT / venv)
 
 
 def run(mutation: Mutation) -> tuple[str, str, float]:

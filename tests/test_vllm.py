@@ -22,7 +22,8 @@ from pipeline.cli import main
 from pipeline.ppo.trainer import PPOTrainer
 from pipeline.sampling import left_pad, response_logprobs
 from pipeline.vllm_engine import VLLM_VERSION, full_weights, kv_cache_gib
-from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, log, metrics, ppo_args, stage_args
+from scripts import engine_matrix
+from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, check, log, metrics, ppo_args, stage_args
 from tests.test_resume import killed, resume
 
 REQUIRED = os.environ.get("REQUIRE_VLLM") == "1"
@@ -104,7 +105,7 @@ def _engine_against_the_policy(checks: dict):
         train(self)
         self._sync_engine()
         queries = [self.query_ids[i] for i in range(16)]
-        responses = self.vllm.generate(queries, 1, 1.0, self.args.response_length, self.stop_token_id, seed=0)
+        responses = self.vllm.generate(queries, 1.0, self.args.response_length, self.stop_token_id, seed=0)
         q, qm = left_pad(queries, self.tokenizer.pad_token_id)
         width = max(map(len, responses))
         r = torch.tensor([x + [self.tokenizer.pad_token_id] * (width - len(x)) for x in responses])
@@ -198,3 +199,16 @@ def test_requirements_pin_the_version_the_engine_checks():
         pins = [line for line in (ROOT / name).read_text().splitlines() if line.startswith("vllm")]
         assert pins and all(line.endswith(f"=={VLLM_VERSION}") for line in pins), name
     assert vllm_engine.INSTALL == "make setup-vllm"
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_ppo_on_two_processes_gives_each_its_engine(vllm_models, tmp_path):
+    sft, rm = vllm_models
+    out = tmp_path / "ppo"
+    extra = [*("--generation_engine", "vllm", "--num_ppo_epochs", "1", "--num_mini_batches", "1")]
+    check(engine_matrix.launch(engine_matrix.stage_args("ppo", sft, sft, rm, out, *extra, "--total_episodes", "32")))
+    steps = log(out)
+    assert len(steps) == 4  # 4 episodes per process per update
+    assert all(step["policy/approxkl"] < 1e-10 and step["time/weight_sync"] > 0 for step in steps)
+    assert metrics(out)["num_processes"] == 2 and metrics(out)["rank_divergence"] == 0.0

@@ -376,7 +376,7 @@ def rollout_vllm(spec: Spec) -> dict:
     with open_engine("vllm", model, prompts, spec["max_new_tokens"], len(prompts), 0) as engine:
 
         def once(seed: int) -> int:
-            rows = engine.generate(prompts, 1, 1.0, spec["max_new_tokens"], tokenizer.eos_token_id, seed=seed + 1)
+            rows = engine.generate(prompts, 1.0, spec["max_new_tokens"], tokenizer.eos_token_id, seed=seed + 1)
             return len(rows) * max(map(len, rows))  # as `rollout-ours` counts: every row to the longest
 
         return tokens_per_second(spec, once)

@@ -134,7 +134,8 @@ gpu-check-engines: setup
 # Ours beside a bare TRL script (SFT, RM) and TRL 1.12.0's PPOTrainer (installed into outputs/bench/trl112, not the
 # venv), alternating fresh processes; -> outputs/bench/bench.{json,md}. 27-29 min on 2 cores after the demo chain
 # up to the RM, and about 20 more for SmolLM2's fp32-vs-bf16 rows once it is imported; QUICK=1: one pair of each at
-# smoke sizes, 2 min (scripts/bench). Run it with nothing else running.
+# smoke sizes, 2 min (scripts/bench). With .venv-vllm (make setup-vllm) and SmolLM2, vLLM against our sampler too
+# (38 min; ARGS="--only engines" runs only those). Run it with nothing else running.
 bench: setup
 	$(PYTHON) -m pipeline demo --until rm
 	$(if $(QUICK),,$(PYTHON) -m pipeline import-gguf --output_dir outputs/smollm2/base)

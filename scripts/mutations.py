@@ -139,13 +139,6 @@ MUTATIONS = [
         "pass",
         "tests/test_vllm.py::test_vllm_rollouts_start_each_update_at_ratio_1_and_the_engine_holds_the_policy",
     ),
-    Mutation(
-        "vLLM engine's lm_head left tied to the embeddings (a reload updates only the embeddings)",
-        "pipeline/vllm_engine.py",
-        'values["tie_word_embeddings"] = False',
-        "pass",
-        "tests/test_vllm.py::test_vllm_rollouts_start_each_update_at_ratio_1_and_the_engine_holds_the_policy",
-    ),
 ]
 
 

@@ -222,7 +222,7 @@ class VLLMEngine:
         while not Path(address).exists():
             self._check_alive()
             if time.monotonic() > deadline:
-                raise PipelineError(f"the vLLM engine did not start in {timeout:.0f} s (its log: {self.log})")
+                raise PipelineError(f"the vLLM engine did not start in {timeout:.0f} s: {self._last_log_line()}")
             time.sleep(0.05)
         self._connection = Client(address, family="AF_UNIX", authkey=authkey)
         version = self._receive(deadline)["version"]
@@ -230,16 +230,20 @@ class VLLMEngine:
             raise PipelineError(f"vLLM {version} in {python}, the pipeline needs {VLLM_VERSION}: run `{INSTALL}`")
         shutil.rmtree(folder)  # vLLM holds the weights now
 
+    def _last_log_line(self) -> str:
+        """The engine's last word (its log goes with its scratch folder when the engine closes)."""
+        lines = self.log.read_text().strip().splitlines() if self.log.exists() else []
+        return lines[-1] if lines else "(no output)"
+
     def _check_alive(self) -> None:
         if self._process.poll() is not None:
-            tail = self.log.read_text().strip().splitlines()[-1:] or ["(no output)"]
-            raise PipelineError(f"the vLLM engine exited with code {self._process.returncode}: {tail[0]}")
+            raise PipelineError(f"the vLLM engine exited with code {self._process.returncode}: {self._last_log_line()}")
 
     def _receive(self, deadline: float = math.inf) -> Any:
         while not self._connection.poll(1.0):
             self._check_alive()
             if time.monotonic() > deadline:
-                raise PipelineError(f"the vLLM engine did not answer in time (its log: {self.log})")
+                raise PipelineError(f"the vLLM engine did not answer in time: {self._last_log_line()}")
         reply = self._connection.recv()
         if not reply["ok"]:
             raise PipelineError(f"the vLLM engine failed: {reply['error']}")

@@ -46,6 +46,14 @@ def left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+def right_pad(rows: list[list], pad: int | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids (or values) padded on the right to the longest, and the mask of the real ones."""
+    width = max(map(len, rows))
+    values = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1.0] * len(r) + [0.0] * (width - len(r)) for r in rows])
+    return values, mask
+
+
 def decode(
     tokenizer: PreTrainedTokenizerBase, responses: torch.Tensor, mask: torch.Tensor, stop_token_id: int | None
 ) -> tuple[list[str], list[bool]]:
@@ -160,8 +168,7 @@ def _sample_with(
     # Seeds from `generator`: the draws follow its state, which a checkpoint keeps
     seed = None if generator is None else int(torch.randint(2**31, (1,), generator=generator, device=generator.device))
     rows = engine.generate(prompts, temperature, max_new_tokens, stop_token_id, seed)
-    width = max(map(len, rows))
-    responses = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], device=queries.device)
+    responses = right_pad(rows, pad_token_id)[0].to(queries.device)
     mask = response_mask(responses, stop_token_id)
     if not logprobs:
         return Samples(responses, mask, None, None)

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from pipeline import outputs, vllm_engine
 from pipeline.cli import main
 from pipeline.ppo.trainer import PPOTrainer
-from pipeline.sampling import left_pad, response_logprobs
+from pipeline.sampling import left_pad, response_logprobs, right_pad
 from pipeline.vllm_engine import VLLM_VERSION, full_weights, kv_cache_gib
 from scripts import engine_matrix
 from tests.conftest import ROOT, SMOKE, assert_resumed_as_uninterrupted, check, log, metrics, ppo_args, stage_args
@@ -107,15 +107,13 @@ def _engine_against_the_policy(checks: dict):
         queries = [self.query_ids[i] for i in range(16)]
         responses = self.vllm.generate(queries, 1.0, self.args.response_length, self.stop_token_id, seed=0)
         q, qm = left_pad(queries, self.tokenizer.pad_token_id)
-        width = max(map(len, responses))
-        r = torch.tensor([x + [self.tokenizer.pad_token_id] * (width - len(x)) for x in responses])
-        mask = torch.tensor([[1.0] * len(x) + [0.0] * (width - len(x)) for x in responses])
+        r, mask = right_pad(responses, self.tokenizer.pad_token_id)
         with torch.no_grad(), self.accelerator.autocast():
             policy, _ = response_logprobs(self.policy, q, qm, r, mask, 1.0)
             reference, disabled = self.reference()
             with disabled():
                 sft, _ = response_logprobs(reference, q, qm, r, mask, 1.0)
-        engine = torch.tensor([x + [0.0] * (width - len(x)) for x in self.vllm.logprobs(queries, responses)])
+        engine, _ = right_pad(self.vllm.logprobs(queries, responses), 0.0)
         checks["to_policy"] = ((engine - policy).abs() * mask).max().item()
         checks["to_sft"] = ((engine - sft).abs() * mask).max().item()
 

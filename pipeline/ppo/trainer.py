@@ -148,21 +148,21 @@ class PPOTrainer:
         gold_fn: GoldFn | None = None,
         reward_reader: RewardReader | None = None,
         prompt_groups: list[str] | None = None,
-        vllm: VLLMEngine | None = None,
     ) -> None:
         """`ref_policy` None: the LoRA policy with its adapter off; `reward_model` None: likewise the value model.
 
         `reward_stats`: the mean and std that `normalize_reward` divides by (None: the first rollout's scores);
         `reward_reader`: how the reward model reads a response (default: the policy's tokenizer, no length);
-        `prompt_groups`: a label per prompt (the sandbox's task family), whose mix each update logs;
-        `vllm`: the engine that samples rollouts (None: `sampling.sample`), given the policy's weights
-        before each rollout that follows an update.
+        `prompt_groups`: a label per prompt (the sandbox's task family), whose mix each update logs.
         """
         self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
         self.prompts, self.gold_fn, self.work = prompts, gold_fn, work
         self.reward_reader, self.prompt_groups = reward_reader or RewardReader(tokenizer), prompt_groups
         self.reward_stats = reward_stats
-        self.vllm, self.vllm_step = vllm, None  # the step whose weights the engine holds
+        # The vLLM engine that samples rollouts (the stage sets it; None: `sampling.sample`), given the policy's
+        # weights before each rollout that follows an update; `vllm_step`: the step whose weights it holds
+        self.vllm: VLLMEngine | None = None
+        self.vllm_step: int | None = None
         self.query_ids = encode_prompts(tokenizer, prompts)
         if args.max_prompt_length is not None:
             # From the left: the end holds the turn the response answers and the assistant's header

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from transformers import PreTrainedTokenizerBase, set_seed
+from transformers import set_seed
 from trl import ModelConfig
 
 from pipeline import outputs
@@ -29,7 +29,6 @@ from pipeline.ppo.evaluation import policy_and_sft_answers, ptx_losses
 from pipeline.ppo.models import load_models
 from pipeline.ppo.trainer import PPOTrainer
 from pipeline.reward import reward_statistics
-from pipeline.sampling import encode_prompts
 from pipeline.sandbox.evaluation import balanced_indices, family, gold_rewards, is_sandbox
 from pipeline.sandbox.tasks import test_prompts
 from pipeline.stages.common import check_publishable, require_held_out
@@ -56,7 +55,6 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
     reward_stats = reward_statistics(args.reward_model_path) if normalized else None
 
     # Train: rollouts (sampled by the recipe's engine), scores, clipped updates; checkpoints every save_steps
-    vllm = _vllm_engine(args, accelerator, models.policy, models.tokenizer, prompts)
     trainer = PPOTrainer(
         args,
         accelerator,
@@ -72,12 +70,12 @@ def run(script_args: ScriptArguments, model_args: ModelConfig, args: PPOConfig, 
         gold_fn=gold_rewards if sandbox else None,
         reward_reader=models.reward_reader,
         prompt_groups=[family(p) for p in prompts] if sandbox else None,
-        vllm=vllm,
     )
+    trainer.vllm = _vllm_engine(args, accelerator, trainer.policy, trainer.query_ids)
     if resume:
         trainer.resume()
     started, first_step = time.monotonic(), trainer.step
-    with vllm or contextlib.nullcontext():
+    with trainer.vllm or contextlib.nullcontext():
         trainer.train()
     metrics = _training_metrics(trainer, time.monotonic() - started, trainer.step - first_step, sandbox)
     if trainer.reward_stats is not None:
@@ -110,10 +108,10 @@ def _vllm_engine(
     args: PPOConfig,
     accelerator: Accelerator,
     policy: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[list[dict]],
+    query_ids: list[list[int]],
 ) -> VLLMEngine | None:
-    """The vLLM engine of this process, if the recipe asks for one (every process samples its own rollouts)."""
+    """The vLLM engine of this process for the trainer's queries, if the recipe asks for one (every process
+    samples its own rollouts)."""
     if args.generation_engine != "vllm":
         return None
     if engine(accelerator).startswith(("DEEPSPEED ZeRO-3", "FSDP")):
@@ -121,9 +119,6 @@ def _vllm_engine(
             f"generation_engine vllm needs the policy's whole weights in every process, and {engine(accelerator)} "
             "shards them: use DDP or ZeRO-2, or generation_engine torch"
         )
-    query_ids = encode_prompts(tokenizer, prompts)
-    if args.max_prompt_length is not None:
-        query_ids = [ids[-args.max_prompt_length :] for ids in query_ids]
     return open_engine(
         "vllm",
         policy,
